@@ -1,0 +1,1113 @@
+#!/usr/bin/env python3
+"""Differential-parity oracle for bucketd.
+
+Generates random Optimizely datafiles and users, runs every user through the
+official Optimizely Python SDK, and writes one JSON file with the datafiles,
+the inputs and the SDK's outputs (decisions, variations, dispatched events,
+saved user profiles).
+
+    python tests/parity/oracle.py --seed S --datafiles N --users M --out FILE.json
+
+Only the standard library and the `optimizely` package (optimizely-sdk) are
+used. See README.md next to this file for the output schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from collections import Counter
+
+from optimizely import optimizely as optimizely_sdk
+from optimizely import logger as sdk_logger
+from optimizely.event.event_processor import ForwardingEventProcessor
+from optimizely.helpers.sdk_settings import OptimizelySdkSettings
+from optimizely.optimizely_user_context import OptimizelyUserContext
+from optimizely.version import __version__ as SDK_VERSION
+
+EXPECTED_SDK_VERSION = "5.7.0"
+
+# Decide options the generator draws from (INCLUDE_REASONS is added to some
+# calls but never recorded; it only affects the `reasons` field).
+RECORDED_DECIDE_OPTIONS = [
+    "DISABLE_DECISION_EVENT",
+    "ENABLED_FLAGS_ONLY",
+    "IGNORE_USER_PROFILE_SERVICE",
+    "EXCLUDE_VARIABLES",
+]
+INCLUDE_REASONS = "INCLUDE_REASONS"
+
+# ---------------------------------------------------------------------------
+# Value pools. Conditions and user attributes draw from the same pools so that
+# audiences actually match a reasonable fraction of users.
+# ---------------------------------------------------------------------------
+
+NUM_POOL = [0, 1, 5, 17, 18, 18.0, 21, 30.5, 42, 65, 99.99, -3, -0.5, 1000000,
+            2 ** 53, -(2 ** 53), 3.0, 0.1, 7]
+BIG_NUM_POOL = [2 ** 53 + 1, -(2 ** 53) - 1, 2 ** 60, -(2 ** 60), 2 ** 63, 1e20, -1e300]
+STR_POOL = ["us", "US", "uk", "de", "", "premium", "free", "gold-plus", "ünïcödé",
+            "日本語", "🎉 party", "chrome", "firefox", "safari mobile", "a", "123", "true"]
+SUBSTR_POOL = ["prem", "fire", "日本", "", "🎉", "a", "US", "mobile", "ü", "x"]
+SEMVER_POOL = ["1.2.3", "2", "1.2.3-beta.1", "1.2.3+build", "1.2", "1.2.3-beta",
+               "1.2.3-alpha", "2.0.0", "1.10.0", "0.9.9", "1.2.4", "1.2.3-beta.1+build.7",
+               "1.2.3.4", "a.b.c", "1..2", "", " 1.2.3", "01.2.3", "1.2.3-2", "3",
+               "1.2.3-rc.1", "10.0"]
+SEGMENT_POOL = ["seg_a", "seg_b", "seg_c", "ünï_seg"]
+WILD_VALUES = ["18", True, False, None, [1, 2], {"a": 1}, 1.5, "true", 0, "1.2.3",
+               -7, "", ["x"], {}]
+
+# (key, kind). A datafile declares a random subset; conditions may also use
+# attributes that are not declared ("ghost" attributes).
+ATTR_SPECS = [
+    ("age", "num"), ("score", "num"), ("visits", "num"),
+    ("country", "str"), ("plan", "str"), ("browser", "str"), ("ünï_attr", "str"),
+    ("is_beta", "bool"), ("app_version", "semver"), ("os_version", "semver"),
+]
+GHOST_ATTR_SPECS = [("tier", "str"), ("level", "num"), ("$opt_custom", "str")]
+RESERVED_DF_ATTR_SPECS = [("$opt_flag", "str")]
+# Per-attribute string pools (small, so exact matches happen); STR_POOL is the
+# fallback / "anything" pool.
+STR_POOLS = {
+    "country": ["us", "US", "uk", "日本語", ""],
+    "plan": ["premium", "free", "gold-plus"],
+    "browser": ["chrome", "firefox", "safari mobile"],
+    "ünï_attr": ["ünïcödé", "🎉 party", "a"],
+    "tier": ["gold", "silver"],
+    "$opt_custom": ["x", "y"],
+    "$opt_flag": ["on", "off"],
+}
+
+MATCHES_BY_KIND = {
+    "num": ["exact", "gt", "ge", "lt", "le", "exists", "gt", "lt"],
+    "str": ["exact", "substring", "exists", None, "exact"],
+    "bool": ["exact", "exists", None],
+    "semver": ["semver_eq", "semver_gt", "semver_ge", "semver_lt", "semver_le", "exact"],
+}
+UNKNOWN_MATCHES = ["regex", "between", "EXACT"]
+
+VAR_VALUES = {
+    "string": ["hello", "", "ünï 🎉", "with \"quotes\"", "42"],
+    "integer": ["0", "42", "-7", "2147483647", "-100000"],
+    "double": ["3.14", "0", "-1e3", "10", "0.5", "-2.25"],
+    "boolean": ["true", "false"],
+    "json": ['{"a":1,"b":[true,null]}', "{}", '{"nested":{"k":"v","n":1.5}}', "[1,2,3]",
+             '{"s":"ünï"}'],
+}
+BAD_VAR_VALUES = {
+    "string": [],
+    "integer": ["4.2", "abc", ""],
+    "double": ["x", ""],
+    "boolean": ["TRUE", "1", "yes"],
+    "json": ["{bad", ""],
+}
+
+STATUSES = ["Running"] * 12 + ["Paused", "Not started", "Launched", "Archived"]
+
+
+class SilentLogger(sdk_logger.BaseLogger):
+    """No-op logger (cheaper than the SDK's NoOpLogger, which routes through logging)."""
+
+    @staticmethod
+    def critical(*args):
+        pass
+
+
+class CapturingDispatcher:
+    """Event dispatcher recording every LogEvent; reset per call."""
+
+    def __init__(self):
+        self.events = []
+
+    def dispatch_event(self, log_event):
+        self.events.append({
+            "url": log_event.url,
+            "http_verb": log_event.http_verb,
+            "params": log_event.params,
+        })
+
+    def take(self):
+        out = self.events
+        self.events = []
+        return out
+
+
+class InMemoryProfileService:
+    """User profile service holding one user's profile; re-armed per user."""
+
+    def __init__(self):
+        self.current = None
+        self.saves = []
+
+    def reset(self, initial):
+        self.current = copy.deepcopy(initial)
+        self.saves = []
+
+    def lookup(self, user_id):
+        # Hand out a copy: the SDK mutates the experiment_bucket_map it gets.
+        return copy.deepcopy(self.current)
+
+    def save(self, user_profile):
+        snap = copy.deepcopy(dict(user_profile))
+        self.saves.append(snap)
+        self.current = copy.deepcopy(snap)
+
+
+# ---------------------------------------------------------------------------
+# Datafile generation
+# ---------------------------------------------------------------------------
+
+def unwrap_singleton_lists(tree):
+    """Replace [[...]] (a one-element list holding a list) by its element.
+
+    The SDK's OptimizelyConfig builder raises TypeError while constructing the
+    client when an experiment's audienceConditions contains such a node, so the
+    generator must not emit it there.
+    """
+    if not isinstance(tree, list):
+        return tree
+    while len(tree) == 1 and isinstance(tree[0], list):
+        tree = tree[0]
+    return [unwrap_singleton_lists(t) for t in tree]
+
+
+class DatafileGen:
+    def __init__(self, rng: random.Random, stats: Counter):
+        self.rng = rng
+        self.stats = stats
+        self._next_id = rng.randrange(1000, 90000) * 100
+        self.exp_keys_used = set()
+
+    # -- ids / keys ---------------------------------------------------------
+    def nid(self):
+        self._next_id += self.rng.randrange(1, 50)
+        return str(self._next_id)
+
+    def var_id(self):
+        # Mostly numeric; sometimes opaque (the event normaliser turns
+        # non-numeric variation ids into null).
+        if self.rng.random() < 0.06:
+            return "var_" + self.nid()
+        return self.nid()
+
+    def layer_id(self):
+        r = self.rng.random()
+        if r < 0.06:
+            return ""
+        if r < 0.10:
+            return "layer_" + self.nid()
+        return self.nid()
+
+    def exp_key(self, prefix):
+        while True:
+            k = "%s_%d" % (prefix, self.rng.randrange(10000))
+            if k not in self.exp_keys_used:
+                self.exp_keys_used.add(k)
+                return k
+
+    # -- conditions ---------------------------------------------------------
+    def wrong_condition_value(self, kind):
+        if kind == "num":
+            return self.rng.choice(["18", True, None, [1], 2 ** 53 + 2, 1e300, {"v": 1}])
+        if kind == "str":
+            return self.rng.choice([5, True, None, 1.5, ["us"]])
+        if kind == "bool":
+            return self.rng.choice(["true", 1, 0, None])
+        return self.rng.choice([1.2, 2, None, True])
+
+    def good_condition_value(self, name, kind, match):
+        rng = self.rng
+        if kind == "num":
+            return rng.choice(NUM_POOL)
+        if kind == "str":
+            if match == "substring":
+                pool = [v[:rng.randint(0, len(v))] for v in STR_POOLS.get(name, STR_POOL)]
+                return rng.choice(pool + SUBSTR_POOL[:3])
+            return rng.choice(STR_POOLS.get(name, STR_POOL) if rng.random() < 0.9 else STR_POOL)
+        if kind == "bool":
+            return rng.choice([True, False])
+        return rng.choice(SEMVER_POOL)
+
+    def gen_leaf(self):
+        rng = self.rng
+        if rng.random() < 0.10:
+            # ODP segment condition
+            leaf = {
+                "type": rng.choice(["third_party_dimension"] * 4 + ["custom_attribute"]),
+                "name": "odp.audiences",
+                "match": "qualified",
+                "value": rng.choice(SEGMENT_POOL) if rng.random() < 0.9 else rng.choice([1, None, True]),
+            }
+            self.stats["match:qualified"] += 1
+            return leaf
+        if rng.random() < 0.1 or not self.attr_specs:
+            name, kind = rng.choice(GHOST_ATTR_SPECS)
+        else:
+            name, kind = rng.choice(self.attr_specs)
+        match = rng.choice(MATCHES_BY_KIND[kind])
+        if rng.random() < 0.04:
+            match = rng.choice(UNKNOWN_MATCHES)
+        elif rng.random() < 0.04:
+            # cross-kind match (e.g. gt on a string attribute)
+            match = rng.choice(["gt", "le", "substring", "semver_ge", "exact", "qualified"])
+        if rng.random() < 0.08:
+            value = self.wrong_condition_value(kind)
+        else:
+            value = self.good_condition_value(name, kind, match)
+        ctype = "custom_attribute"
+        r = rng.random()
+        if r < 0.03:
+            ctype = "custom_dimension"  # unknown condition type
+        elif r < 0.05:
+            ctype = "third_party_dimension"
+        leaf = {"name": name, "type": ctype}
+        if match is not None:
+            leaf["match"] = match
+        if match == "exists" and rng.random() < 0.4:
+            pass  # exists conditions often carry no value
+        else:
+            leaf["value"] = value
+        self.stats["match:%s" % (match if match is not None else "<missing>")] += 1
+        if ctype != "custom_attribute":
+            self.stats["condtype:%s" % ctype] += 1
+        return leaf
+
+    def gen_tree(self, leaf_fn, depth=0, max_depth=4, leaf_prob=0.55):
+        rng = self.rng
+        if depth >= max_depth or (depth > 0 and rng.random() < leaf_prob):
+            return leaf_fn()
+        op = rng.choice(["and", "or", "not", None, "or", "or"])
+        if op == "not":
+            n = 1 if rng.random() < 0.9 else 2
+        elif op == "and":
+            n = rng.randint(1, 2)
+        else:
+            n = rng.randint(1, 3)
+        if op is not None and rng.random() < 0.02:
+            n = 0  # operator with no operands: ["and"] / ["or"] / ["not"]
+        children = [self.gen_tree(leaf_fn, depth + 1, max_depth, leaf_prob) for _ in range(n)]
+        if op is None:
+            self.stats["tree:bare_list"] += 1
+            return children
+        self.stats["tree:" + op] += 1
+        return [op] + children
+
+    # -- audiences ----------------------------------------------------------
+    def gen_audiences(self):
+        rng = self.rng
+        legacy, typed = [], []
+        for i in range(rng.randint(2, 8)):
+            aid = self.nid()
+            tree = self.gen_tree(self.gen_leaf)
+            if not isinstance(tree, list):
+                tree = ["or", tree]
+            if rng.random() < 0.5:
+                tree = ["and", ["or", tree]]  # legacy shape
+            legacy.append({"id": aid, "name": "aud %d" % i, "conditions": json.dumps(tree)})
+        for i in range(rng.randint(0, 5)):
+            aid = self.nid()
+            if rng.random() < 0.15:
+                tree = self.gen_leaf()  # bare leaf condition
+            else:
+                tree = self.gen_tree(self.gen_leaf)
+                if not isinstance(tree, list):
+                    tree = ["and", tree]
+            typed.append({"id": aid, "name": "typed aud %d" % i, "conditions": tree})
+            if rng.random() < 0.5:
+                # Same id in the legacy list: the typed audience must win.
+                self.stats["datafile:typed_audience_overrides_legacy"] += 1
+                legacy.append({
+                    "id": aid, "name": "typed aud %d" % i,
+                    "conditions": json.dumps(["or", {"match": "exact", "name": "$opt_dummy_attribute",
+                                                     "type": "custom_attribute",
+                                                     "value": "$opt_dummy_value"}]),
+                })
+        rng.shuffle(legacy)
+        return legacy, typed
+
+    def gen_audience_targeting(self, entity):
+        """Set audienceIds and maybe audienceConditions on an experiment/rule."""
+        rng = self.rng
+        ids = [a["id"] for a in self.all_audiences]
+        r = rng.random()
+        if r < 0.25 or not ids:
+            entity["audienceIds"] = []
+        else:
+            k = rng.randint(1, min(3, len(ids)))
+            entity["audienceIds"] = rng.sample(ids, k)
+            if rng.random() < 0.08:
+                entity["audienceIds"].append("404404")  # unknown audience id
+        if rng.random() < 0.4 and ids:
+            def leaf():
+                return rng.choice(ids) if rng.random() < 0.93 else "505505"
+            s = rng.random()
+            if s < 0.15:
+                cond = [leaf() for _ in range(rng.randint(1, 3))]  # bare id list => OR
+                self.stats["audienceConditions:bare_list"] += 1
+            elif s < 0.22:
+                cond = []
+                self.stats["audienceConditions:empty"] += 1
+            else:
+                cond = unwrap_singleton_lists(self.gen_tree(leaf, max_depth=3, leaf_prob=0.6))
+                if not isinstance(cond, list):
+                    cond = ["or", cond]
+                self.stats["audienceConditions:tree"] += 1
+            entity["audienceConditions"] = cond
+
+    # -- traffic ------------------------------------------------------------
+    def gen_traffic(self, entity_ids, kind_prefix="traffic"):
+        rng = self.rng
+        if not entity_ids:
+            return []
+        style = rng.choices(["full", "partial", "gaps", "unknown", "zero", "shuffled"],
+                            weights=[50, 18, 15, 5, 8, 4])[0]
+        self.stats["%s:%s" % (kind_prefix, style)] += 1
+        total = 10000 if style not in ("partial",) else rng.randint(500, 9999)
+        ids = list(entity_ids)
+        if style == "zero" and len(ids) > 1:
+            ids.remove(rng.choice(ids))  # one entity gets no traffic at all
+        weights = [rng.random() + 0.05 for _ in ids]
+        sw = sum(weights)
+        out, acc = [], 0
+        for i, (eid, w) in enumerate(zip(ids, weights)):
+            if style == "gaps" and rng.random() < 0.5:
+                acc += rng.randint(1, max(1, total // (len(ids) * 3)))
+                out.append({"entityId": "", "endOfRange": min(acc, total)})
+            acc += int(total * w / sw)
+            end = total if i == len(ids) - 1 else min(acc, total)
+            out.append({"entityId": eid, "endOfRange": end})
+        if style == "unknown":
+            out[rng.randrange(len(out))]["entityId"] = "999999"
+        if style == "shuffled":
+            rng.shuffle(out)
+        if style == "zero" and rng.random() < 0.5:
+            out.insert(0, {"entityId": ids[0], "endOfRange": 0})
+        return out
+
+    # -- variations ---------------------------------------------------------
+    def gen_var_value(self, vtype):
+        rng = self.rng
+        if BAD_VAR_VALUES[vtype] and rng.random() < 0.06:
+            self.stats["variable:bad_value"] += 1
+            return rng.choice(BAD_VAR_VALUES[vtype])
+        return rng.choice(VAR_VALUES[vtype])
+
+    def gen_variations(self, n, variables, feature=True, keys=None):
+        rng = self.rng
+        out = []
+        for i in range(n):
+            v = {"id": self.var_id(), "key": keys[i] if keys else "var_%d" % i}
+            if feature or rng.random() < 0.5:
+                if feature and rng.random() < 0.04:
+                    pass  # featureEnabled missing => false
+                else:
+                    v["featureEnabled"] = rng.random() < (0.7 if feature else 0.5)
+            vs = []
+            if variables and rng.random() < 0.75:
+                for var in variables:
+                    if rng.random() < 0.6:
+                        vs.append({"id": var["id"], "value": self.gen_var_value(var["_t"])})
+                if rng.random() < 0.05:
+                    vs.append({"id": "777777", "value": "orphan"})
+            v["variables"] = vs
+            out.append(v)
+        return out
+
+    def gen_experiment(self, key_prefix, variables=None, feature=False):
+        rng = self.rng
+        exp = {
+            "id": self.nid(),
+            "key": self.exp_key(key_prefix),
+            "layerId": self.layer_id(),
+            "status": rng.choice(STATUSES),
+        }
+        self.gen_audience_targeting(exp)
+        nvar = rng.choices([1, 2, 3, 4], weights=[15, 45, 25, 15])[0]
+        keys = None
+        if feature and rng.random() < 0.3:
+            keys = rng.sample(["on", "off", "control", "treatment", "variation_1"], nvar) \
+                if nvar <= 5 else None
+        exp["variations"] = self.gen_variations(nvar, variables, feature=feature, keys=keys)
+        exp["trafficAllocation"] = self.gen_traffic([v["id"] for v in exp["variations"]])
+        fv = {}
+        if rng.random() < 0.3:
+            for uid in rng.sample(self.whitelist_ids, rng.randint(1, 3)):
+                if rng.random() < 0.85:
+                    fv[uid] = rng.choice(exp["variations"])["key"]
+                else:
+                    fv[uid] = "no_such_variation"
+                    self.stats["whitelist:bad_variation"] += 1
+            self.stats["whitelist:experiments"] += 1
+        exp["forcedVariations"] = fv
+        return exp
+
+    # -- flags / rollouts ---------------------------------------------------
+    def gen_variables(self):
+        rng = self.rng
+        out = []
+        for i in range(rng.choices([0, 1, 2, 3, 4, 5], weights=[10, 15, 25, 25, 15, 10])[0]):
+            t = rng.choice(["string", "integer", "double", "boolean", "json", "json_sub"])
+            var = {"id": self.nid(), "key": "var_%s_%d" % (t, i)}
+            if t == "json_sub":
+                var["type"] = "string"
+                var["subType"] = "json"
+                t = "json"
+                self.stats["variable:string+subType:json"] += 1
+            else:
+                var["type"] = t
+            var["defaultValue"] = self.gen_var_value(t)
+            var["_t"] = t
+            out.append(var)
+        return out
+
+    def gen_rollout(self, variables, flag_idx):
+        rng = self.rng
+        rid = self.nid()
+        rules = []
+        nrules = rng.choices([0, 1, 2, 3, 4], weights=[3, 30, 30, 22, 15])[0]
+        shared_on = None
+        for r in range(nrules):
+            last = r == nrules - 1
+            if last:
+                key = rng.choice([None, "everyone_else_%d_%d" % (flag_idx, rng.randrange(1000))])
+                rule = {"id": self.nid()}
+                rule["key"] = key if key is not None else rule["id"]
+                if rule["key"] in self.exp_keys_used:
+                    rule["key"] = self.exp_key("ee")
+                self.exp_keys_used.add(rule["key"])
+            else:
+                rule = {"id": self.nid(), "key": self.exp_key("rule")}
+            rule["status"] = rng.choice(["Running"] * 8 + ["Paused", "Archived"])
+            rule["layerId"] = rid
+            if last:
+                rule["audienceIds"] = []
+            else:
+                self.gen_audience_targeting(rule)
+            nvar = 1 if rng.random() < 0.85 else 2
+            vars_ = self.gen_variations(nvar, variables, feature=True,
+                                        keys=["on", "off"][:nvar] if rng.random() < 0.6 else None)
+            if shared_on is not None and rng.random() < 0.4:
+                vars_[0] = copy.deepcopy(shared_on)  # same variation id reused across rules
+                self.stats["rollout:shared_variation_id"] += 1
+            elif shared_on is None:
+                shared_on = copy.deepcopy(vars_[0])
+            rule["variations"] = vars_
+            ids = [v["id"] for v in vars_]
+            if last and rng.random() < 0.6:
+                rule["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": 10000}]
+            elif rng.random() < 0.7:
+                rule["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": rng.randint(0, 10000)}]
+                self.stats["traffic:rollout_partial"] += 1
+            else:
+                rule["trafficAllocation"] = self.gen_traffic(ids)
+            rule["forcedVariations"] = {}
+            rules.append(rule)
+        return {"id": rid, "experiments": rules}
+
+    # -- whole datafile -----------------------------------------------------
+    def generate(self, index):
+        rng = self.rng
+        st = self.stats
+        self.whitelist_ids = ["wl_alice", "wl_bob", "wl_ünï", "", "wl_%d" % rng.randrange(100)]
+
+        version = rng.choices(["4", "2", "3"], weights=[80, 10, 10])[0]
+        st["version:" + version] += 1
+
+        specs = rng.sample(ATTR_SPECS, rng.randint(3, 8))
+        if rng.random() < 0.25:
+            specs.append(RESERVED_DF_ATTR_SPECS[0])
+            st["datafile:$opt_prefixed_attribute"] += 1
+        self.attr_specs = specs
+        attributes = [{"id": self.nid(), "key": k} for k, _ in specs]
+
+        self.all_audiences = []
+        legacy, typed = self.gen_audiences()
+        self.all_audiences = legacy + typed
+
+        # Plain A/B experiments
+        experiments = [self.gen_experiment("exp") for _ in range(rng.randint(1, 5))]
+
+        # Feature flags with feature-test experiments and rollouts
+        flags, rollouts, groups = [], [], []
+        group_pending = []  # feature experiments destined for groups
+        nflags = rng.choices([0, 1, 2, 3, 4, 5, 6], weights=[3, 10, 20, 25, 20, 12, 10])[0]
+        for fi in range(nflags):
+            variables = self.gen_variables()
+            flag = {"id": self.nid(), "key": "flag_%d_%d" % (fi, rng.randrange(1000)),
+                    "experimentIds": [], "rolloutId": "", "variables": []}
+            for _ in range(rng.choices([0, 1, 2], weights=[35, 45, 20])[0]):
+                fexp = self.gen_experiment("ftest", variables=variables, feature=True)
+                flag["experimentIds"].append(fexp["id"])
+                if rng.random() < 0.3:
+                    group_pending.append(fexp)
+                else:
+                    experiments.append(fexp)
+            r = rng.random()
+            if r < 0.8:
+                ro = self.gen_rollout(variables, fi)
+                rollouts.append(ro)
+                flag["rolloutId"] = ro["id"]
+            else:
+                st["flag:no_rollout"] += 1
+            flag["variables"] = [{k: v for k, v in var.items() if k != "_t"} for var in variables]
+            flags.append(flag)
+        if rng.random() < 0.2:
+            rollouts.append(self.gen_rollout([], 99))  # unreferenced rollout
+
+        # Groups: random (mutually exclusive) or overlapping
+        for gi in range(rng.choices([0, 1, 2], weights=[40, 40, 20])[0]):
+            members = [self.gen_experiment("gexp") for _ in range(rng.randint(1, 3))]
+            take = [e for e in group_pending[:2]]
+            group_pending = group_pending[2:]
+            members.extend(take)
+            rng.shuffle(members)
+            policy = "random" if rng.random() < 0.75 else "overlapping"
+            st["group:" + policy] += 1
+            gtraffic = self.gen_traffic([e["id"] for e in members], "group_traffic") \
+                if policy == "random" or rng.random() < 0.5 else []
+            groups.append({"id": self.nid(), "policy": policy, "experiments": members,
+                           "trafficAllocation": gtraffic})
+        experiments.extend(group_pending)  # leftovers stay top level
+
+        events = []
+        all_exp_ids = [e["id"] for e in experiments] + \
+            [e["id"] for g in groups for e in g["experiments"]]
+        for ei in range(rng.randint(1, 4)):
+            ids = rng.sample(all_exp_ids, rng.randint(0, min(3, len(all_exp_ids))))
+            events.append({"id": self.nid(), "key": "event_%d" % ei, "experimentIds": ids})
+
+        df = {
+            "version": version,
+            "accountId": str(rng.randrange(10 ** 9, 10 ** 10)),
+            "projectId": str(rng.randrange(10 ** 9, 10 ** 10)),
+            "revision": str(rng.randint(1, 500)),
+            "anonymizeIP": rng.random() < 0.5,
+            "attributes": attributes,
+            "audiences": legacy,
+            "experiments": experiments,
+            "groups": groups,
+            "events": events,
+        }
+        if not (version == "2" and rng.random() < 0.4):
+            df["typedAudiences"] = typed
+            df["featureFlags"] = flags
+            df["rollouts"] = rollouts
+        else:
+            st["datafile:no_flag_sections"] += 1
+        r = rng.random()
+        if r < 0.6:
+            df["botFiltering"] = rng.random() < 0.5
+        r = rng.random()
+        if r < 0.7:
+            df["sendFlagDecisions"] = rng.random() < 0.5
+        st["sendFlagDecisions:%s" % df.get("sendFlagDecisions", "absent")] += 1
+        r = rng.random()
+        if r < 0.25:
+            df["region"] = "EU"
+        elif r < 0.30:
+            df["region"] = "US"
+        elif r < 0.32:
+            df["region"] = rng.choice(["eu", "APAC"])
+        st["region:%s" % df.get("region", "absent")] += 1
+        if rng.random() < 0.5:
+            df["sdkKey"] = "sdk_%d" % rng.randrange(10 ** 6)
+            df["environmentKey"] = rng.choice(["production", "development"])
+        if rng.random() < 0.2:
+            df["variables"] = []
+        # Shuffle top-level key order a bit (order is irrelevant to the SDK).
+        items = list(df.items())
+        rng.shuffle(items)
+        return dict(items)
+
+
+# ---------------------------------------------------------------------------
+# User generation
+# ---------------------------------------------------------------------------
+
+def collect_keys(df):
+    """Experiment keys in datafile order (top-level, then group members), rollout rule keys,
+    flag keys, event keys, whitelisted ids."""
+    exps = list(df.get("experiments", []))
+    for g in df.get("groups", []):
+        exps.extend(g["experiments"])
+    rules = [r for ro in df.get("rollouts", []) for r in ro["experiments"]]
+    wl = []
+    for e in exps:
+        for uid in e["forcedVariations"]:
+            if uid not in wl:
+                wl.append(uid)
+    return exps, rules, wl
+
+
+class UserGen:
+    def __init__(self, rng, df, stats):
+        self.rng = rng
+        self.df = df
+        self.stats = stats
+        self.exps, self.rules, self.wl_ids = collect_keys(df)
+        self.flags = df.get("featureFlags", [])
+        self.flag_keys = [f["key"] for f in self.flags]
+        self.events = [e["key"] for e in df.get("events", [])]
+        keys = [a["key"] for a in df["attributes"]]
+        self.attr_specs = [(k, kind) for k, kind in ATTR_SPECS + GHOST_ATTR_SPECS + RESERVED_DF_ATTR_SPECS
+                           if k in keys or (k, kind) in GHOST_ATTR_SPECS]
+        # Variations per flag (experiments then rollout rules), for forced decisions.
+        exp_by_id = {e["id"]: e for e in self.exps}
+        ro_by_id = {r["id"]: r for r in df.get("rollouts", [])}
+        self.flag_rules = {}
+        for f in self.flags:
+            rules = [exp_by_id[i] for i in f["experimentIds"] if i in exp_by_id]
+            if f.get("rolloutId") and f["rolloutId"] in ro_by_id:
+                rules += ro_by_id[f["rolloutId"]]["experiments"]
+            self.flag_rules[f["key"]] = rules
+
+    def user_id(self):
+        rng = self.rng
+        r = rng.random()
+        if r < 0.45:
+            return "user_%d" % rng.randrange(1000000)
+        if r < 0.60 and self.wl_ids:
+            self.stats["user:whitelisted_id"] += 1
+            return rng.choice(self.wl_ids)
+        if r < 0.64:
+            self.stats["user:empty_id"] += 1
+            return ""
+        if r < 0.76:
+            self.stats["user:unicode_id"] += 1
+            return rng.choice(["ユーザー", "üser-", "😀", "Ωμέγα ", "用户"]) + str(rng.randrange(10000))
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789-_.") for _ in range(rng.randint(1, 24)))
+
+    def attr_value(self, kind):
+        rng = self.rng
+        r = rng.random()
+        if r < 0.10:
+            self.stats["attr:wild_type"] += 1
+            return copy.deepcopy(rng.choice(WILD_VALUES))
+        if r < 0.14 and kind in ("num", "semver"):
+            self.stats["attr:big_number"] += 1
+            return rng.choice(BIG_NUM_POOL)
+        if kind == "num":
+            v = rng.choice(NUM_POOL)
+            if rng.random() < 0.15:
+                v = rng.choice([rng.randint(-100, 100), round(rng.uniform(-100, 100), 3)])
+            return v
+        if kind == "str":
+            return rng.choice(STR_POOLS.get(self.cur_key, STR_POOL) if rng.random() < 0.85 else STR_POOL)
+        if kind == "bool":
+            return rng.random() < 0.5
+        return rng.choice(SEMVER_POOL)
+
+    def attributes(self):
+        rng = self.rng
+        attrs = {}
+        for key, kind in self.attr_specs:
+            if rng.random() < 0.8:
+                self.cur_key = key
+                attrs[key] = self.attr_value(kind)
+        if rng.random() < 0.15:
+            attrs["unlisted_%d" % rng.randrange(5)] = rng.choice(STR_POOL + NUM_POOL)
+            self.stats["attr:not_in_datafile"] += 1
+        r = rng.random()
+        if r < 0.12:
+            attrs["$opt_bucketing_id"] = rng.choice(["bucket_%d" % rng.randrange(1000), "", "ü🎉"])
+            self.stats["attr:bucketing_id_string"] += 1
+        elif r < 0.17:
+            attrs["$opt_bucketing_id"] = rng.choice([123, None, True, 1.5, ["x"]])
+            self.stats["attr:bucketing_id_non_string"] += 1
+        if rng.random() < 0.05:
+            attrs["$opt_user_agent"] = rng.choice(["Googlebot/2.1", "Mozilla/5.0"])
+        items = list(attrs.items())
+        rng.shuffle(items)
+        return dict(items)
+
+    def segments(self):
+        rng = self.rng
+        if rng.random() < 0.55:
+            return None
+        pool = SEGMENT_POOL + ["seg_unknown"]
+        return rng.sample(pool, rng.randint(0, 3))
+
+    def profile(self, uid):
+        rng = self.rng
+        if rng.random() < 0.75 or not self.exps:
+            return None
+        ebm = {}
+        for _ in range(rng.randint(1, 3)):
+            r = rng.random()
+            exp = rng.choice(self.exps)
+            if r < 0.55:
+                ebm[exp["id"]] = {"variation_id": rng.choice(exp["variations"])["id"]}
+                self.stats["profile:valid_entry"] += 1
+            elif r < 0.75:
+                ebm[exp["id"]] = {"variation_id": "31415926"}
+                self.stats["profile:stale_variation"] += 1
+            elif r < 0.85:
+                other = rng.choice(self.exps)
+                ebm[exp["id"]] = {"variation_id": rng.choice(other["variations"])["id"]}
+                self.stats["profile:foreign_variation"] += 1
+            else:
+                ebm["271828"] = {"variation_id": rng.choice(exp["variations"])["id"]}
+                self.stats["profile:unknown_experiment"] += 1
+        return {"user_id": uid, "experiment_bucket_map": ebm}
+
+    def forced_variations(self):
+        rng = self.rng
+        if rng.random() < 0.82 or not self.exps:
+            return []
+        out = []
+        for _ in range(rng.randint(1, 3)):
+            pool = self.exps + (self.rules if rng.random() < 0.15 else [])
+            exp = rng.choice(pool)
+            r = rng.random()
+            if r < 0.75:
+                vk = rng.choice(exp["variations"])["key"] if exp["variations"] else "none"
+            elif r < 0.9:
+                vk = "no_such_variation"
+            else:
+                vk = rng.choice(["", "x"])
+            ek = exp["key"] if rng.random() < 0.95 else "no_such_experiment"
+            out.append((ek, vk))
+        return out
+
+    def forced_decisions(self):
+        rng = self.rng
+        if rng.random() < 0.78 or not self.flags:
+            return []
+        out = []
+        for _ in range(rng.randint(1, 3)):
+            fk = rng.choice(self.flag_keys) if rng.random() < 0.95 else "no_such_flag"
+            rules = self.flag_rules.get(fk, [])
+            r = rng.random()
+            if r < 0.4 or not rules:
+                rule_key = None
+            elif r < 0.9:
+                rule_key = rng.choice(rules)["key"]
+            else:
+                rule_key = rng.choice([x["key"] for x in self.rules + self.exps] + ["no_such_rule"])
+            r = rng.random()
+            if rules and r < 0.75:
+                rule = rng.choice(rules)
+                vk = rng.choice(rule["variations"])["key"] if rule["variations"] else "nope"
+            elif r < 0.85:
+                src = rng.choice(self.exps)
+                vk = rng.choice(src["variations"])["key"]
+            else:
+                vk = "no_such_variation"
+            out.append({"flag_key": fk, "rule_key": rule_key, "variation_key": vk})
+        return out
+
+    def event_tags(self):
+        rng = self.rng
+        if rng.random() < 0.3:
+            return None
+        tags = {}
+        r = rng.random()
+        if r < 0.25:
+            tags["revenue"] = rng.choice([100, 0, -50, 4200, 2 ** 40])
+            self.stats["tags:revenue_int"] += 1
+        elif r < 0.35:
+            tags["revenue"] = rng.choice([99.5, 100.0, -0.25])
+            self.stats["tags:revenue_float"] += 1
+        elif r < 0.45:
+            tags["revenue"] = rng.choice(["100", "abc", "1.5"])
+            self.stats["tags:revenue_string"] += 1
+        elif r < 0.48:
+            tags["revenue"] = rng.choice([True, None])
+            self.stats["tags:revenue_other"] += 1
+        r = rng.random()
+        if r < 0.25:
+            tags["value"] = rng.choice([3.14, -0.5, 1e3, 0.0])
+            self.stats["tags:value_float"] += 1
+        elif r < 0.35:
+            tags["value"] = rng.choice([42, 0, -7, 2 ** 53])
+            self.stats["tags:value_int"] += 1
+        elif r < 0.47:
+            tags["value"] = rng.choice(["3.14", "42", "-0.5", "1e3", "abc", "1,234", "", " 7 "])
+            self.stats["tags:value_string"] += 1
+        elif r < 0.50:
+            tags["value"] = rng.choice([True, None, [1]])
+            self.stats["tags:value_other"] += 1
+        for _ in range(rng.randint(0, 3)):
+            k = rng.choice(["category", "sku", "qty", "flag", "nested", "ünï", "price"])
+            tags[k] = copy.deepcopy(rng.choice(["shoes", "ünï 🎉", 3, 2.5, True, None, {"a": [1, "b"]}, [1, 2]]))
+        items = list(tags.items())
+        rng.shuffle(items)
+        return dict(items)
+
+    def plan(self):
+        """Draw all random inputs for one user (before running the SDK)."""
+        rng = self.rng
+        uid = self.user_id()
+        plan = {
+            "user_id": uid,
+            "attributes": self.attributes(),
+            "segments": self.segments(),
+            "profile": self.profile(uid),
+            "forced_variation_attempts": self.forced_variations(),
+            "forced_decisions": self.forced_decisions(),
+        }
+        gv_pool = [e["key"] for e in self.exps] + [r["key"] for r in self.rules] + ["no_such_experiment"]
+        plan["get_variation_keys"] = [rng.choice(gv_pool) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.5:
+            pool = self.flag_keys + ["no_such_flag"]
+            keys = rng.sample(pool, min(len(pool), rng.randint(1, 3)))
+            opts = [o for o in RECORDED_DECIDE_OPTIONS if rng.random() < 0.3]
+            rng.shuffle(opts)
+            plan["decide"] = (keys, opts, rng.random() < 0.3)
+        else:
+            plan["decide"] = None
+        plan["tracks"] = []
+        for _ in range(rng.randint(1, 2)):
+            if self.events and rng.random() < 0.85:
+                ek = rng.choice(self.events)
+            else:
+                ek = "no_such_event"
+            plan["tracks"].append((ek, self.event_tags()))
+        return plan
+
+
+# ---------------------------------------------------------------------------
+# Running the SDK
+# ---------------------------------------------------------------------------
+
+def decision_json(d):
+    return {
+        "enabled": bool(d.enabled),
+        "variation_key": d.variation_key,
+        "rule_key": d.rule_key,
+        "variables": d.variables,
+    }
+
+
+class Runner:
+    def __init__(self, df, stats):
+        self.stats = stats
+        self.dispatcher = CapturingDispatcher()
+        self.ups = InMemoryProfileService()
+        logger = SilentLogger()
+        self.client = optimizely_sdk.Optimizely(
+            datafile=json.dumps(df),
+            event_dispatcher=self.dispatcher,
+            logger=logger,
+            user_profile_service=self.ups,
+            # The 5.7.0 default is a BatchEventProcessor (background thread);
+            # ForwardingEventProcessor dispatches synchronously inside each call.
+            event_processor=ForwardingEventProcessor(self.dispatcher, logger=logger),
+            settings=OptimizelySdkSettings(odp_disabled=True),
+        )
+        if not self.client.is_valid or self.client.config_manager.get_config() is None:
+            raise RuntimeError("generated datafile rejected by the SDK")
+        self.exps, self.rules, _ = collect_keys(df)
+
+    def close(self):
+        self.client.close()
+
+    def run_user(self, plan):
+        st = self.stats
+        c = self.client
+        uid = plan["user_id"]
+        attrs = plan["attributes"]
+        self.ups.reset(plan["profile"])
+        self.dispatcher.take()
+        accepted = []
+        try:
+            for ek, vk in plan["forced_variation_attempts"]:
+                if c.set_forced_variation(ek, uid, vk):
+                    accepted.append({"experiment_key": ek, "variation_key": vk})
+                    st["forced_variation:accepted"] += 1
+                else:
+                    st["forced_variation:rejected"] += 1
+            ctx = c.create_user_context(uid, copy.deepcopy(attrs))
+            for fd in plan["forced_decisions"]:
+                ctx.set_forced_decision(
+                    OptimizelyUserContext.OptimizelyDecisionContext(fd["flag_key"], fd["rule_key"]),
+                    OptimizelyUserContext.OptimizelyForcedDecision(fd["variation_key"]))
+                st["forced_decision:%s" % ("flag" if fd["rule_key"] is None else "rule")] += 1
+            if plan["segments"] is not None:
+                ctx.set_qualified_segments(list(plan["segments"]))
+
+            calls = []
+            for exp in self.exps:
+                vk = c.activate(exp["key"], uid, copy.deepcopy(attrs))
+                ev = self.dispatcher.take()
+                calls.append({"op": "activate", "experiment_key": exp["key"], "variation_key": vk,
+                              "events": ev})
+                st["activate:%s" % ("variation" if vk is not None else "null")] += 1
+                st["events:activate"] += len(ev)
+            for ek in plan["get_variation_keys"]:
+                vk = c.get_variation(ek, uid, copy.deepcopy(attrs))
+                ev = self.dispatcher.take()
+                assert not ev, "get_variation dispatched events"
+                calls.append({"op": "get_variation", "experiment_key": ek, "variation_key": vk})
+                st["get_variation:%s" % ("variation" if vk is not None else "null")] += 1
+
+            decisions = ctx.decide_all()
+            calls.append(self._decide_call(None, [], decisions))
+
+            if plan["decide"] is not None:
+                keys, opts, with_reasons = plan["decide"]
+                actual = list(opts) + ([INCLUDE_REASONS] if with_reasons else [])
+                if len(keys) == 1:
+                    d = ctx.decide(keys[0], actual)
+                    decisions = {keys[0]: d}
+                else:
+                    decisions = ctx.decide_for_keys(list(keys), actual)
+                calls.append(self._decide_call(list(keys), list(opts), decisions))
+                st["decide:options_%d" % len(opts)] += 1
+
+            for ek, tags in plan["tracks"]:
+                ctx.track_event(ek, copy.deepcopy(tags))
+                ev = self.dispatcher.take()
+                calls.append({"op": "track", "event_key": ek, "event_tags": tags, "events": ev})
+                st["track:%s" % ("event" if ev else "no_event")] += 1
+                st["events:track"] += len(ev)
+                for e in ev:
+                    for vis in e["params"]["visitors"]:
+                        for snap in vis["snapshots"]:
+                            for sev in snap["events"]:
+                                st["track_event_has_revenue:%s" % ("revenue" in sev)] += 1
+                                st["track_event_has_value:%s" % ("value" in sev)] += 1
+        finally:
+            for fv in accepted:
+                c.set_forced_variation(fv["experiment_key"], uid, None)
+
+        for ev_call in calls:
+            for e in ev_call.get("events", []):
+                st["event_url:%s" % e["url"]] += 1
+        final = self.ups.saves[-1] if self.ups.saves else None
+        st["profile_saved:%s" % (final is not None)] += 1
+        return {
+            "user_id": uid,
+            "attributes": attrs,
+            "segments": plan["segments"],
+            "profile": plan["profile"],
+            "forced_variations": accepted,
+            "forced_decisions": plan["forced_decisions"],
+            "calls": calls,
+            "final_profile": final,
+        }
+
+    def _decide_call(self, keys, opts, decisions):
+        st = self.stats
+        ev = self.dispatcher.take()
+        out = {}
+        for k, d in decisions.items():
+            out[k] = decision_json(d)
+            st["decision:%s" % ("enabled" if d.enabled else "disabled")] += 1
+            st["decision:rule_key_%s" % ("set" if d.rule_key is not None else "null")] += 1
+        st["events:decide"] += len(ev)
+        for e in ev:
+            for vis in e["params"]["visitors"]:
+                for snap in vis["snapshots"]:
+                    for dec in snap.get("decisions", []):
+                        st["decide_event_rule_type:%s" % dec["metadata"]["rule_type"]] += 1
+        return {"op": "decide", "keys": keys, "options": opts, "decisions": out, "events": ev}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--datafiles", type=int, default=20)
+    ap.add_argument("--users", type=int, default=500)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    if SDK_VERSION != EXPECTED_SDK_VERSION:
+        print("warning: optimizely-sdk %s installed, expected %s" % (SDK_VERSION, EXPECTED_SDK_VERSION),
+              file=sys.stderr)
+
+    t0 = time.perf_counter()
+    master = random.Random(args.seed)
+    stats = Counter()
+    cases = []
+    t_sdk = 0.0
+    for i in range(args.datafiles):
+        rng = random.Random(master.getrandbits(64))
+        df = DatafileGen(rng, stats).generate(i)
+        ts = time.perf_counter()
+        runner = Runner(df, stats)
+        t_sdk += time.perf_counter() - ts
+        ugen = UserGen(rng, df, stats)
+        users = []
+        while len(users) < args.users:
+            # Per-user counters, merged only if the user is kept.
+            user_stats = Counter()
+            ugen.stats = runner.stats = user_stats
+            plan = ugen.plan()
+            ts = time.perf_counter()
+            try:
+                users.append(runner.run_user(plan))
+                stats.update(user_stats)
+            except Exception as exc:  # SDK raised: drop the user, draw another one
+                stats["sdk_exception:%s" % type(exc).__name__] += 1
+            t_sdk += time.perf_counter() - ts
+        runner.close()
+        stats["users"] += len(users)
+        cases.append({"name": "seed%d-df%d" % (args.seed, i), "datafile": df, "users": users})
+
+    t_gen = time.perf_counter()
+    out = {"seed": args.seed, "sdk_version": SDK_VERSION, "cases": cases}
+    # json.dumps (one-shot, C encoder) is much faster than json.dump on a file.
+    text = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    with open(args.out, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    t_end = time.perf_counter()
+
+    print_summary(stats, args, t_end - t0, t_sdk, t_end - t_gen)
+    return 0
+
+
+def print_summary(st, args, total, t_sdk, t_write):
+    err = sys.stderr
+    print("oracle: seed=%d datafiles=%d users/datafile=%d -> %s" % (
+        args.seed, args.datafiles, args.users, args.out), file=err)
+    print("timing: total %.2fs (SDK calls+client setup %.2fs, JSON write %.2fs)" % (
+        total, t_sdk, t_write), file=err)
+
+    def line(title, prefix):
+        items = sorted((k[len(prefix):], v) for k, v in st.items() if k.startswith(prefix))
+        if items:
+            print("  %-22s %s" % (title, ", ".join("%s=%d" % kv for kv in items)), file=err)
+
+    print("coverage:", file=err)
+    print("  %-22s %d" % ("users", st["users"]), file=err)
+    line("activate", "activate:")
+    line("get_variation", "get_variation:")
+    line("decisions", "decision:")
+    line("decide options", "decide:")
+    line("track", "track:")
+    line("events", "events:")
+    line("decide event types", "decide_event_rule_type:")
+    line("event urls", "event_url:")
+    line("conversion revenue", "track_event_has_revenue:")
+    line("conversion value", "track_event_has_value:")
+    line("match types", "match:")
+    line("condition types", "condtype:")
+    line("trees", "tree:")
+    line("audienceConditions", "audienceConditions:")
+    line("traffic", "traffic:")
+    line("group traffic", "group_traffic:")
+    line("groups", "group:")
+    line("versions", "version:")
+    line("regions", "region:")
+    line("sendFlagDecisions", "sendFlagDecisions:")
+    line("forced variations", "forced_variation:")
+    line("forced decisions", "forced_decision:")
+    line("profiles", "profile:")
+    line("profile saved", "profile_saved:")
+    line("whitelist", "whitelist:")
+    line("users", "user:")
+    line("attributes", "attr:")
+    line("event tags", "tags:")
+    line("variables", "variable:")
+    line("rollouts", "rollout:")
+    line("datafile", "datafile:")
+    line("flags", "flag:")
+    line("SDK exceptions", "sdk_exception:")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
