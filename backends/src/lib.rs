@@ -1,5 +1,15 @@
 //! Storage and queue backends for bucketd.
 //!
-//! This crate knows nothing of Optimizely: user profiles are the seed's `UserProfile` schema and
-//! events are opaque records. The traits and their implementations arrive with the profile-store
-//! and event-queue work; this crate is the place they live.
+//! This crate knows nothing of Optimizely: user profiles are the seed's `UserProfile` schema
+//! (user id → experiment id → variation id) and events are opaque records (key + bytes). It
+//! defines two traits, [`ProfileStore`] and [`EventQueue`], their shared error type, and one
+//! implementation per cargo feature. Config enums ([`ProfileStoreConfig`], [`EventQueueConfig`])
+//! are the plugin switch: `build()` turns a validated config into an `Arc<dyn Trait>`.
+
+pub mod error;
+pub mod profile;
+pub mod queue;
+
+pub use error::BackendError;
+pub use profile::{ProfileStore, ProfileStoreConfig, UserProfile};
+pub use queue::{Delivery, EventQueue, EventQueueConfig, Record};

@@ -1,0 +1,32 @@
+//! The error every backend returns, classified so callers know whether to retry.
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Worth retrying with backoff: the server is down, slow, overloaded, or the network failed.
+    #[error("{backend}: temporarily unavailable: {message}")]
+    Unavailable { backend: &'static str, message: String },
+    /// Retrying will not help: bad configuration, bad credentials, corrupt data, missing queue.
+    #[error("{backend}: {message}")]
+    Fatal { backend: &'static str, message: String },
+    /// The operation did not finish within its deadline (retryable).
+    #[error("{backend}: timed out after {millis} ms")]
+    Timeout { backend: &'static str, millis: u64 },
+}
+
+impl BackendError {
+    /// Whether the operation may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Fatal { .. })
+    }
+
+    /// A retryable error.
+    pub fn unavailable(backend: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::Unavailable { backend, message: message.to_string() }
+    }
+
+    /// A non-retryable error.
+    pub fn fatal(backend: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::Fatal { backend, message: message.to_string() }
+    }
+}

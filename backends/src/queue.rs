@@ -1,0 +1,81 @@
+//! Event queues: where recorded events wait until the flusher delivers them.
+//!
+//! Records are opaque (a key — the visitor id — and bytes). Delivery is at-least-once: a record
+//! received but not acknowledged is delivered again (after a restart, a visibility timeout or a
+//! consumer-group rebalance). `ack` is called only after the event endpoint accepted the events.
+
+use crate::BackendError;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One queued event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Partitioning / grouping key (the visitor id).
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Identifies a received record for `ack` / `release` (backend specific).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AckToken(pub String);
+
+/// A received record and its acknowledgement token.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub record: Record,
+    pub token: AckToken,
+}
+
+/// A durable queue of event records.
+#[async_trait::async_trait]
+pub trait EventQueue: Send + Sync + 'static {
+    /// A short backend name for metrics and logs (`disk`, `kafka`, `sqs`).
+    fn backend(&self) -> &'static str;
+    /// Enqueues records durably; returns once the backend has accepted all of them.
+    async fn publish(&self, records: &[Record]) -> Result<(), BackendError>;
+    /// Receives up to `max` records, waiting up to `wait` for the first one.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError>;
+    /// Removes delivered records for good.
+    async fn ack(&self, tokens: &[AckToken]) -> Result<(), BackendError>;
+    /// Gives received records back for redelivery (e.g. on shutdown with a batch in flight).
+    async fn release(&self, tokens: &[AckToken]) -> Result<(), BackendError>;
+    /// Records waiting to be delivered, when the backend can tell.
+    async fn depth(&self) -> Result<Option<u64>, BackendError>;
+    /// Checks the queue answers.
+    async fn health(&self) -> Result<(), BackendError>;
+}
+
+/// Which queue to use, with its settings (the `events.queue` section, validated).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EventQueueConfig {
+    #[cfg(feature = "disk")]
+    Disk(disk::DiskConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::SqsConfig),
+}
+
+impl EventQueueConfig {
+    /// Opens / connects the queue (creating the topic or queue when configured to).
+    pub async fn build(&self) -> Result<Arc<dyn EventQueue>, BackendError> {
+        Ok(match self {
+            #[cfg(feature = "disk")]
+            Self::Disk(c) => Arc::new(disk::DiskQueue::open(c)?),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(c) => Arc::new(kafka::KafkaQueue::connect(c).await?),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(c) => Arc::new(sqs::SqsQueue::connect(c).await?),
+        })
+    }
+}
+
+#[cfg(feature = "disk")]
+pub mod disk;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "sqs")]
+pub mod sqs;
