@@ -62,6 +62,9 @@ pub enum EventQueueConfig {
 impl EventQueueConfig {
     /// Opens / connects the queue (creating the topic or queue when configured to).
     pub async fn build(&self) -> Result<Arc<dyn EventQueue>, BackendError> {
+        #[cfg(not(any(feature = "disk", feature = "kafka", feature = "sqs")))]
+        match *self {}
+        #[cfg(any(feature = "disk", feature = "kafka", feature = "sqs"))]
         Ok(match self {
             #[cfg(feature = "disk")]
             Self::Disk(c) => Arc::new(disk::DiskQueue::open(c)?),
