@@ -85,7 +85,7 @@ impl Condition {
         if !self.known_type || self.match_type == MatchType::Unsupported {
             return None;
         }
-        let attribute = self.name.as_deref().and_then(|n| user.attributes.get(n));
+        let attribute = self.name.as_deref().and_then(|n| user.attribute(n));
         match self.match_type {
             MatchType::Exists => return Some(!matches!(attribute, None | Some(Value::Null))),
             MatchType::Qualified => {

@@ -80,7 +80,7 @@ impl<'a> Decider<'a> {
                 return Some(v);
             }
         }
-        if !self.audiences_allow(exp.audiences.as_ref(), &exp.key) {
+        if !self.audiences_allow(exp.audiences.as_ref(), &exp.key.as_str()) {
             self.reasons.add(|| {
                 format!(
                     "User \"{user_id}\" does not meet conditions to be in experiment \"{}\".",
@@ -125,7 +125,11 @@ impl<'a> Decider<'a> {
     }
 
     /// Whether the user passes an audience combination (`None` = everyone). Unknown is "no".
-    pub fn audiences_allow(&mut self, audiences: Option<&AudienceRefs>, label: &str) -> bool {
+    pub fn audiences_allow(
+        &mut self,
+        audiences: Option<&AudienceRefs>,
+        label: &dyn std::fmt::Display,
+    ) -> bool {
         let Some(tree) = audiences else {
             self.reasons
                 .add(|| format!("Audiences for {label} collectively evaluated to TRUE."));

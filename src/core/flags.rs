@@ -9,6 +9,22 @@ use super::variables::typed_value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// How reasons name a rollout rule: its 1-based position, or "Everyone Else" for the last.
+struct RuleLabel {
+    index: usize,
+    everyone_else: bool,
+}
+
+impl std::fmt::Display for RuleLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.everyone_else {
+            f.write_str("Everyone Else")
+        } else {
+            write!(f, "{}", self.index + 1)
+        }
+    }
+}
+
 /// Where a flag decision came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecisionSource {
@@ -194,12 +210,11 @@ impl Decider<'_> {
                 };
             }
             let everyone_else = i == rules.len() - 1;
-            let label = if everyone_else {
-                "Everyone Else".to_string()
-            } else {
-                (i + 1).to_string()
+            let label = RuleLabel {
+                index: i,
+                everyone_else,
             };
-            if self.audiences_allow(rule.audiences.as_ref(), &format!("rule {label}")) {
+            if self.audiences_allow(rule.audiences.as_ref(), &label) {
                 self.reasons.add(|| {
                     format!(
                         "User \"{user_id}\" meets audience conditions for targeting rule {label}."

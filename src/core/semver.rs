@@ -28,8 +28,24 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// At most three release parts plus one pre-release/build part, without allocating.
+struct Parts<'a> {
+    items: [&'a str; 4],
+    len: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn get(&self, i: usize) -> Option<&&'a str> {
+        self.items[..self.len].get(i)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &&'a str> {
+        self.items[..self.len].iter()
+    }
+}
+
 /// Splits a version into its release parts plus, when present, one pre-release/build part.
-fn split(version: &str) -> Option<Vec<&str>> {
+fn split(version: &str) -> Option<Parts<'_>> {
     if version.contains(' ') {
         return None;
     }
@@ -45,11 +61,21 @@ fn split(version: &str) -> Option<Vec<&str>> {
     if prefix.matches('.').count() > 2 {
         return None;
     }
-    let mut parts: Vec<&str> = prefix.split('.').collect();
-    if !parts.iter().all(|p| is_digits(p)) {
-        return None;
+    let mut parts = Parts {
+        items: [""; 4],
+        len: 0,
+    };
+    for p in prefix.split('.') {
+        if !is_digits(p) {
+            return None;
+        }
+        parts.items[parts.len] = p;
+        parts.len += 1;
     }
-    parts.extend(suffix);
+    if let Some(s) = suffix {
+        parts.items[parts.len] = s;
+        parts.len += 1;
+    }
     Some(parts)
 }
 

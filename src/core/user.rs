@@ -43,9 +43,21 @@ impl UserContext {
         }
     }
 
+    /// The value of attribute `name`. Attribute maps are small, so a scan beats hashing the name.
+    pub fn attribute(&self, name: &str) -> Option<&Value> {
+        if self.attributes.len() <= 24 {
+            self.attributes
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v)
+        } else {
+            self.attributes.get(name)
+        }
+    }
+
     /// The id bucketing hashes: `$opt_bucketing_id` when it is a string, else the user id.
     pub fn bucketing_id(&self) -> &str {
-        match self.attributes.get(BUCKETING_ID_ATTRIBUTE) {
+        match self.attribute(BUCKETING_ID_ATTRIBUTE) {
             Some(Value::String(s)) => s,
             _ => &self.user_id,
         }
