@@ -10,6 +10,7 @@ pub mod datafile;
 pub mod events;
 pub mod experiment;
 pub mod flags;
+pub mod optimizely_config;
 pub mod overrides;
 pub mod payload;
 pub mod profile;

@@ -5,10 +5,16 @@
 pub enum BackendError {
     /// Worth retrying with backoff: the server is down, slow, overloaded, or the network failed.
     #[error("{backend}: temporarily unavailable: {message}")]
-    Unavailable { backend: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
     /// Retrying will not help: bad configuration, bad credentials, corrupt data, missing queue.
     #[error("{backend}: {message}")]
-    Fatal { backend: &'static str, message: String },
+    Fatal {
+        backend: &'static str,
+        message: String,
+    },
     /// The operation did not finish within its deadline (retryable).
     #[error("{backend}: timed out after {millis} ms")]
     Timeout { backend: &'static str, millis: u64 },
@@ -22,11 +28,17 @@ impl BackendError {
 
     /// A retryable error.
     pub fn unavailable(backend: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::Unavailable { backend, message: message.to_string() }
+        Self::Unavailable {
+            backend,
+            message: message.to_string(),
+        }
     }
 
     /// A non-retryable error.
     pub fn fatal(backend: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::Fatal { backend, message: message.to_string() }
+        Self::Fatal {
+            backend,
+            message: message.to_string(),
+        }
     }
 }

@@ -28,6 +28,16 @@ pub struct Delivery {
     pub token: AckToken,
 }
 
+/// How the message of the `Fatal` error starts when a bounded queue has no room left.
+pub const QUEUE_FULL: &str = "queue full";
+
+/// Whether `err` says a bounded queue (the disk queue at `max_bytes`) refused records for lack
+/// of room. It is `Fatal` because retrying the same publish at once will not help; the caller
+/// should shed or spool the records and try again only after the flusher drained some.
+pub fn is_queue_full(err: &BackendError) -> bool {
+    matches!(err, BackendError::Fatal { message, .. } if message.starts_with(QUEUE_FULL))
+}
+
 /// A durable queue of event records.
 #[async_trait::async_trait]
 pub trait EventQueue: Send + Sync + 'static {

@@ -46,6 +46,8 @@ pub struct Experiment {
     pub kind: Option<String>,
     /// Whether a feature flag lists this experiment (a feature test).
     pub is_feature_test: bool,
+    /// Whether this is a rollout (delivery) rule rather than an experiment.
+    pub is_rollout_rule: bool,
 }
 
 impl Experiment {
@@ -290,6 +292,7 @@ impl ProjectConfig {
             for e in &r.experiments {
                 if let Some(&idx) = experiment_by_id.get(&e.id) {
                     if !rules.contains(&idx) {
+                        experiments[idx].is_rollout_rule = true;
                         rules.push(idx);
                     }
                 }
@@ -493,9 +496,12 @@ impl ProjectConfig {
             .map(|&i| (i, &self.experiments[i]))
     }
 
-    /// Whether an experiment is a rollout rule rather than an experiment.
-    pub fn is_rollout_rule(&self, idx: ExperimentIdx) -> bool {
-        self.rollouts.iter().any(|r| r.rules.contains(&idx))
+    /// Experiments that are not rollout rules.
+    pub fn experiment_count(&self) -> usize {
+        self.experiments
+            .iter()
+            .filter(|e| !e.is_rollout_rule)
+            .count()
     }
 }
 
@@ -565,6 +571,7 @@ fn compile_experiment(
         group,
         kind: e.kind.clone(),
         is_feature_test: false,
+        is_rollout_rule: false,
     }
 }
 

@@ -1,0 +1,441 @@
+//! Configuration: built-in defaults → `config.toml` (or `--config FILE`) → environment
+//! (`BUCKETD__SECTION__KEY`), validated once into typed [`Settings`].
+//!
+//! Unknown keys and bad values are errors at start that name the key. Tests inject an
+//! environment map instead of mutating the process environment.
+
+mod raw;
+
+use backends::{EventQueueConfig, ProfileStoreConfig};
+pub use raw::RawConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The CDN URL template for `datafile.sdk_key` (`{sdk_key}` is replaced).
+pub const DEFAULT_DATAFILE_URL_TEMPLATE: &str =
+    "https://cdn.optimizely.com/datafiles/{sdk_key}.json";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a project's datafile comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatafileOrigin {
+    /// A local file, re-read on SIGHUP and on webhook.
+    File(PathBuf),
+    /// Polled over HTTP(S).
+    Url(url::Url),
+    /// The example project bundled in the binary.
+    Bundled,
+}
+
+/// One project served by the daemon.
+#[derive(Debug, Clone)]
+pub struct ProjectSettings {
+    /// A name for logs and metrics (the SDK key when there is one).
+    pub name: String,
+    /// Requests with `X-Optimizely-SDK-Key: <sdk_key>` select this project.
+    pub sdk_key: Option<String>,
+    pub origin: DatafileOrigin,
+    pub poll_interval: Duration,
+    pub fetch_timeout: Duration,
+    /// Where the last good datafile is kept (used at start when the source is unreachable).
+    pub cache_path: PathBuf,
+    pub webhook_secret: Option<Secret>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub trust_forwarded_for: bool,
+    pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
+    pub max_query_bytes: usize,
+    pub max_attributes: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// When a changed profile is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveMode {
+    /// Write-behind: bounded, coalescing per user; decisions never wait.
+    Async,
+    /// The decision waits for the save (bounded by the profile timeout).
+    Sync,
+}
+
+/// Profile-store settings.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    pub store: ProfileStoreConfig,
+    pub timeout: Duration,
+    pub save: SaveMode,
+    pub cache_capacity: u64,
+    pub cache_ttl: Duration,
+    /// Pending write-behind saves before new ones are dropped (and counted).
+    pub save_queue: usize,
+}
+
+/// Event settings.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// `None`: the Optimizely endpoint of each event's region.
+    pub endpoint: Option<url::Url>,
+    pub queue: EventQueueConfig,
+    /// In-process buffer between requests and the queue producer.
+    pub channel_capacity: usize,
+}
+
+/// Flusher settings.
+#[derive(Debug, Clone)]
+pub struct FlusherSettings {
+    pub enabled: bool,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub max_backoff: Duration,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    pub dead_letter_path: PathBuf,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub server: ServerSettings,
+    /// The first project is the default one.
+    pub projects: Vec<ProjectSettings>,
+    pub admin_token: Option<Secret>,
+    pub enable_overrides: bool,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub profiles: ProfileSettings,
+    pub events: EventSettings,
+    pub flusher: FlusherSettings,
+}
+
+/// Loads defaults, the file (when given or when `config.toml` exists) and the environment map.
+pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let raw = raw::load(file, env)?;
+    validate(raw)
+}
+
+/// Loads with the process environment.
+pub fn load_from_process_env(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BUCKETD__"))
+        .collect();
+    load(file, &env)
+}
+
+fn nonzero<T: PartialOrd + Default + Copy>(key: &str, v: T) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(invalid(key, "must be greater than zero"))
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let state_dir = raw.state_dir.clone();
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
+        invalid(
+            "server.listen",
+            format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
+        )
+    })?;
+    let server = ServerSettings {
+        listen,
+        trust_forwarded_for: raw.server.trust_forwarded_for,
+        shutdown_grace: raw.server.shutdown_grace,
+        max_body_bytes: nonzero("server.max_body_bytes", raw.server.max_body_bytes)?,
+        max_query_bytes: nonzero("server.max_query_bytes", raw.server.max_query_bytes)?,
+        max_attributes: nonzero("server.max_attributes", raw.server.max_attributes)?,
+        header_read_timeout: raw.server.header_read_timeout,
+    };
+
+    let mut projects = Vec::new();
+    let default_has_source =
+        raw.datafile.path.is_some() || raw.datafile.url.is_some() || raw.datafile.sdk_key.is_some();
+    if default_has_source || raw.projects.is_empty() {
+        projects.push(project("datafile", &raw.datafile, &state_dir, 0)?);
+    }
+    for (i, p) in raw.projects.iter().enumerate() {
+        projects.push(project(&format!("projects[{i}]"), p, &state_dir, i + 1)?);
+    }
+    let mut keys = std::collections::HashSet::new();
+    for p in &projects {
+        if let Some(k) = &p.sdk_key {
+            if !keys.insert(k.clone()) {
+                return Err(invalid(
+                    "projects",
+                    format!("sdk_key {k:?} is used by two projects"),
+                ));
+            }
+        }
+    }
+
+    let log_format = match raw.log.format.as_str() {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("{other:?} (expected \"human\" or \"json\")"),
+            ))
+        }
+    };
+    let profiles = raw::profiles(&raw.profiles, &state_dir)?;
+    let events = raw::events(&raw.events, &state_dir)?;
+    let flusher = FlusherSettings {
+        enabled: raw
+            .flusher
+            .enabled
+            .unwrap_or(matches!(events.queue, EventQueueConfig::Disk(_))),
+        batch_size: nonzero("flusher.batch_size", raw.flusher.batch_size)?,
+        flush_interval: raw.flusher.flush_interval,
+        max_backoff: raw.flusher.max_backoff,
+        max_request_bytes: nonzero("flusher.max_request_bytes", raw.flusher.max_request_bytes)?,
+        request_timeout: raw.flusher.request_timeout,
+        dead_letter_path: raw
+            .flusher
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| state_dir.join("dead-letter.jsonl")),
+    };
+    Ok(Settings {
+        state_dir,
+        server,
+        projects,
+        admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
+        enable_overrides: raw.api.enable_overrides,
+        log_format,
+        log_level: raw.log.level,
+        profiles,
+        events,
+        flusher,
+    })
+}
+
+fn project(
+    key: &str,
+    d: &raw::DatafileSection,
+    state_dir: &Path,
+    index: usize,
+) -> Result<ProjectSettings, ConfigError> {
+    if d.path.is_some() && d.url.is_some() {
+        return Err(invalid(
+            format!("{key}.path"),
+            "set either a path or a url, not both",
+        ));
+    }
+    let origin = if let Some(p) = &d.path {
+        DatafileOrigin::File(p.clone())
+    } else if let Some(u) = &d.url {
+        DatafileOrigin::Url(parse_http_url(&format!("{key}.url"), u)?)
+    } else if let Some(k) = &d.sdk_key {
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                format!("{key}.sdk_key"),
+                "must be a non-empty alphanumeric key",
+            ));
+        }
+        DatafileOrigin::Url(parse_http_url(
+            &format!("{key}.url_template"),
+            &d.url_template.replace("{sdk_key}", k),
+        )?)
+    } else {
+        DatafileOrigin::Bundled
+    };
+    let name = d
+        .name
+        .clone()
+        .or_else(|| d.sdk_key.clone())
+        .unwrap_or_else(|| {
+            if index == 0 {
+                "default".into()
+            } else {
+                format!("project-{index}")
+            }
+        });
+    let cache_path = d.cache_path.clone().unwrap_or_else(|| {
+        state_dir
+            .join("datafiles")
+            .join(format!("{}.json", sanitize(&name)))
+    });
+    Ok(ProjectSettings {
+        name,
+        sdk_key: d.sdk_key.clone(),
+        origin,
+        poll_interval: nonzero_duration(&format!("{key}.poll_interval"), d.poll_interval)?,
+        fetch_timeout: nonzero_duration(&format!("{key}.fetch_timeout"), d.fetch_timeout)?,
+        cache_path,
+        webhook_secret: d
+            .webhook_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(Secret),
+    })
+}
+
+fn nonzero_duration(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be longer than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Parses an `http(s)://` URL.
+pub fn parse_http_url(key: &str, s: &str) -> Result<url::Url, ConfigError> {
+    let u = url::Url::parse(s).map_err(|e| invalid(key, format!("{e}: {s:?}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(invalid(key, format!("expected an http(s) URL, got {s:?}")));
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_serve_the_bundled_project_on_localhost() {
+        let s = load(None, &env(&[])).unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.projects.len(), 1);
+        assert_eq!(s.projects[0].origin, DatafileOrigin::Bundled);
+        assert!(matches!(s.events.queue, EventQueueConfig::Disk(_)));
+        assert!(s.admin_token.is_none());
+    }
+
+    #[test]
+    fn env_overrides_and_names_bad_keys() {
+        let s = load(
+            None,
+            &env(&[
+                ("BUCKETD__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("BUCKETD__DATAFILE__PATH", "/tmp/x.json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.listen.port(), 9000);
+        assert_eq!(
+            s.projects[0].origin,
+            DatafileOrigin::File("/tmp/x.json".into())
+        );
+
+        let e = load(None, &env(&[("BUCKETD__SERVER__LISTEN", "nope")])).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = load(None, &env(&[("BUCKETD__SERVER__LISTN", "1")])).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let e = load(None, &env(&[("BUCKETD__SERVER__SHUTDOWN_GRACE", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("shutdown_grace"), "{e}");
+        let e = load(None, &env(&[("BUCKETD__LOG__FORMAT", "xml")])).unwrap_err();
+        assert!(e.to_string().contains("log.format"), "{e}");
+    }
+
+    #[test]
+    fn sdk_key_builds_the_cdn_url_and_secrets_do_not_print() {
+        let s = load(
+            None,
+            &env(&[
+                ("BUCKETD__DATAFILE__SDK_KEY", "Abc123"),
+                ("BUCKETD__DATAFILE__WEBHOOK_SECRET", "hush"),
+            ]),
+        )
+        .unwrap();
+        match &s.projects[0].origin {
+            DatafileOrigin::Url(u) => assert_eq!(
+                u.as_str(),
+                "https://cdn.optimizely.com/datafiles/Abc123.json"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{:?}", s.projects[0]).contains("hush"));
+    }
+
+    #[test]
+    fn config_file_projects() {
+        let dir = std::env::temp_dir().join(format!("bucketd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "state_dir = \"/tmp/bd\"\n[[projects]]\nsdk_key = \"k1\"\npath = \"/a.json\"\n[[projects]]\nsdk_key = \"k2\"\nurl = \"http://127.0.0.1:1/d.json\"\n",
+        )
+        .unwrap();
+        let s = load(Some(&f), &env(&[])).unwrap();
+        assert_eq!(s.projects.len(), 2);
+        assert_eq!(s.projects[1].sdk_key.as_deref(), Some("k2"));
+        assert_eq!(
+            s.projects[0].cache_path,
+            PathBuf::from("/tmp/bd/datafiles/k1.json")
+        );
+        std::fs::write(&f, "[server]\nlisten = 5\nbogus = 1\n").unwrap();
+        assert!(load(Some(&f), &env(&[])).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The event producer: requests hand events to a bounded in-process channel (never waiting);
+//! one task batches them into queue records and publishes them to the configured
+//! [`EventQueue`], retrying with backoff while the queue is unavailable.
+//!
+//! Nothing is dropped silently: a full channel, a full queue or an event that cannot be
+//! serialized each have a reason label on `bucketd_events_dropped_total` and an ERROR log.
+
+use crate::core::UserEvent;
+use crate::metrics::Metrics;
+use backends::queue::is_queue_full;
+use backends::{EventQueue, Record};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: usize = 1000;
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serializes an event into the queue record the flusher reads back.
+pub fn to_record(event: &UserEvent) -> Result<Record, serde_json::Error> {
+    Ok(Record {
+        key: event.visitor_id.clone(),
+        value: serde_json::to_vec(event)?,
+    })
+}
+
+/// Reads a queue record back into an event.
+pub fn from_record(record: &Record) -> Result<UserEvent, serde_json::Error> {
+    serde_json::from_slice(&record.value)
+}
+
+/// The request side: hands events to the producer without waiting.
+pub struct EventSink {
+    tx: mpsc::Sender<UserEvent>,
+    metrics: Arc<Metrics>,
+    last_log: AtomicU64,
+    started: Instant,
+}
+
+impl EventSink {
+    /// Queues events for the producer; a full channel drops them (counted, logged).
+    pub fn send(&self, events: Vec<UserEvent>) {
+        for e in events {
+            match self.tx.try_send(e) {
+                Ok(()) => self.metrics.events_enqueued.inc(),
+                Err(mpsc::error::TrySendError::Full(_)) => self.dropped("channel_full"),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.dropped("shutting_down"),
+            }
+        }
+    }
+
+    fn dropped(&self, reason: &'static str) {
+        self.metrics
+            .events_dropped
+            .with_label_values(&[reason])
+            .inc();
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_log.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64
+            && self
+                .last_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!(
+                reason,
+                "event dropped (see bucketd_events_dropped_total; logged at most every 10s)"
+            );
+        }
+    }
+}
+
+/// Creates the sink and the producer loop (to be spawned); the loop ends once the channel is
+/// closed by `cancel` and everything queued has been published (or dropped with a reason).
+pub fn producer(
+    queue: Arc<dyn EventQueue>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> (Arc<EventSink>, impl std::future::Future<Output = ()>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let sink = Arc::new(EventSink {
+        tx,
+        metrics: metrics.clone(),
+        last_log: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    (sink, run(queue, rx, metrics, cancel))
+}
+
+async fn run(
+    queue: Arc<dyn EventQueue>,
+    mut rx: mpsc::Receiver<UserEvent>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let backend = queue.backend();
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut buf, BATCH) => n,
+            _ = cancel.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut buf, BATCH).await
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let mut records = Vec::with_capacity(buf.len());
+        for e in buf.drain(..) {
+            match to_record(&e) {
+                Ok(r) => records.push(r),
+                Err(err) => {
+                    metrics
+                        .events_dropped
+                        .with_label_values(&["unserializable"])
+                        .inc();
+                    tracing::error!(error = %err, "event dropped: cannot serialize");
+                }
+            }
+        }
+        if publish_with_retry(&*queue, &records, &metrics, &cancel).await {
+            metrics
+                .events_published
+                .with_label_values(&[backend])
+                .inc_by(records.len() as u64);
+        }
+    }
+}
+
+/// Publishes until accepted. Retryable failures back off (the channel absorbs new events
+/// meanwhile); a full queue or a fatal error drops the batch with a reason.
+async fn publish_with_retry(
+    queue: &dyn EventQueue,
+    records: &[Record],
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        match queue.publish(records).await {
+            Ok(()) => return true,
+            Err(e) if e.is_retryable() && !(cancel.is_cancelled() && attempts >= 3) => {
+                attempts += 1;
+                tracing::warn!(backend = queue.backend(), error = %e, attempts, "event queue unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                let reason = if is_queue_full(&e) {
+                    "queue_full"
+                } else {
+                    "queue_error"
+                };
+                metrics
+                    .events_dropped
+                    .with_label_values(&[reason])
+                    .inc_by(records.len() as u64);
+                tracing::error!(backend = queue.backend(), error = %e, events = records.len(), reason, "events dropped: the queue refused them");
+                return false;
+            }
+        }
+    }
+}

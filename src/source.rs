@@ -1,0 +1,319 @@
+//! Datafile sources: a file (re-read on SIGHUP / webhook), a URL polled with ETag and
+//! If-Modified-Since, pushes from the admin API, and the bundled example project.
+//!
+//! The newest valid datafile is swapped in atomically (`arc-swap`): requests in flight finish on
+//! the one they loaded. An invalid or unreachable datafile never replaces a good one. Every good
+//! datafile is written atomically to the project's cache path, which is used at start when the
+//! source cannot be reached.
+
+use crate::config::{DatafileOrigin, ProjectSettings};
+use crate::core::{DatafileError, ProjectConfig};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The example project served when no datafile source is configured.
+pub const BUNDLED_DATAFILE: &str = include_str!("../examples/datafile.json");
+
+/// Why a datafile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("datafile {origin}: {source}")]
+    Invalid {
+        origin: String,
+        source: DatafileError,
+    },
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("cannot fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+}
+
+/// A datafile in use, with where and when it came from.
+#[derive(Debug)]
+pub struct LoadedDatafile {
+    pub config: ProjectConfig,
+    pub loaded_at: SystemTime,
+    /// `file:<path>`, `url:<url>`, `cache:<path>`, `admin`, `bundled`.
+    pub origin: String,
+}
+
+/// HTTP validators of the last fetch.
+#[derive(Debug, Default, Clone)]
+struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// One project: its settings and the datafile currently in use.
+pub struct Project {
+    pub settings: ProjectSettings,
+    current: ArcSwapOption<LoadedDatafile>,
+    refresh: Notify,
+    validators: Mutex<Validators>,
+    metrics: Arc<Metrics>,
+}
+
+impl Project {
+    /// A project with no datafile yet.
+    pub fn new(settings: ProjectSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            current: ArcSwapOption::empty(),
+            refresh: Notify::new(),
+            validators: Mutex::new(Validators::default()),
+            metrics,
+        }
+    }
+
+    /// The datafile in use (one atomic load).
+    pub fn current(&self) -> Option<Arc<LoadedDatafile>> {
+        self.current.load_full()
+    }
+
+    /// Asks the poller (or file reader) to refresh now.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    fn install(&self, config: ProjectConfig, origin: String, write_cache: bool) {
+        let name = self.settings.name.as_str();
+        if write_cache {
+            if let Err(e) = write_atomically(&self.settings.cache_path, config.datafile.as_bytes())
+            {
+                tracing::warn!(project = name, path = %self.settings.cache_path.display(), error = %e, "cannot write datafile cache");
+            }
+        }
+        let revision = config.revision.parse::<i64>().unwrap_or(0);
+        let loaded_at = SystemTime::now();
+        self.metrics
+            .datafile_revision
+            .with_label_values(&[name])
+            .set(revision);
+        self.metrics
+            .datafile_loaded_at
+            .with_label_values(&[name])
+            .set(
+                loaded_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        tracing::info!(project = name, revision = %config.revision, %origin, "datafile in use");
+        self.current.store(Some(Arc::new(LoadedDatafile {
+            config,
+            loaded_at,
+            origin,
+        })));
+    }
+
+    /// Validates and installs datafile bytes (admin push, webhook-triggered fetch, file).
+    pub async fn accept(&self, bytes: Vec<u8>, origin: String) -> Result<(), SourceError> {
+        let parsed = tokio::task::spawn_blocking(move || ProjectConfig::parse(&bytes))
+            .await
+            .map_err(|e| SourceError::Read {
+                path: origin.clone(),
+                message: e.to_string(),
+            })?;
+        match parsed {
+            Ok(config) => {
+                if self
+                    .current()
+                    .is_some_and(|c| c.config.datafile == config.datafile)
+                {
+                    self.metrics
+                        .datafile_updates
+                        .with_label_values(&[&self.settings.name, "unchanged"])
+                        .inc();
+                    return Ok(());
+                }
+                self.metrics
+                    .datafile_updates
+                    .with_label_values(&[&self.settings.name, "updated"])
+                    .inc();
+                self.install(config, origin, true);
+                Ok(())
+            }
+            Err(source) => {
+                self.metrics
+                    .datafile_updates
+                    .with_label_values(&[&self.settings.name, "invalid"])
+                    .inc();
+                Err(SourceError::Invalid { origin, source })
+            }
+        }
+    }
+
+    /// Loads from the configured source once (no retries).
+    pub async fn load_once(&self) -> Result<(), SourceError> {
+        match &self.settings.origin {
+            DatafileOrigin::Bundled => {
+                self.accept(BUNDLED_DATAFILE.as_bytes().to_vec(), "bundled".into())
+                    .await
+            }
+            DatafileOrigin::File(path) => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                self.accept(bytes, format!("file:{}", path.display())).await
+            }
+            DatafileOrigin::Url(url) => self.fetch(url).await,
+        }
+    }
+
+    async fn fetch(&self, url: &url::Url) -> Result<(), SourceError> {
+        let fetch_err = |message: String| SourceError::Fetch {
+            url: url.to_string(),
+            message,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(self.settings.fetch_timeout)
+            .build()
+            .map_err(|e| fetch_err(e.to_string()))?;
+        let mut req = client.get(url.clone());
+        let validators = self
+            .validators
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        if self.current().is_some() {
+            if let Some(e) = &validators.etag {
+                req = req.header("If-None-Match", e);
+            }
+            if let Some(m) = &validators.last_modified {
+                req = req.header("If-Modified-Since", m);
+            }
+        }
+        let resp = req.send().await.map_err(|e| fetch_err(e.to_string()))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            self.metrics
+                .datafile_updates
+                .with_label_values(&[&self.settings.name, "not_modified"])
+                .inc();
+            return Ok(());
+        }
+        if !status.is_success() {
+            self.metrics
+                .datafile_updates
+                .with_label_values(&[&self.settings.name, "fetch_error"])
+                .inc();
+            return Err(fetch_err(format!("HTTP {status}")));
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let next = Validators {
+            etag: header("etag"),
+            last_modified: header("last-modified"),
+        };
+        let bytes = resp.bytes().await.map_err(|e| fetch_err(e.to_string()))?;
+        self.accept(bytes.to_vec(), format!("url:{url}")).await?;
+        if let Ok(mut v) = self.validators.lock() {
+            *v = next;
+        }
+        Ok(())
+    }
+
+    /// Start-up: the source, else the last good cached datafile. Errors only when neither works.
+    pub async fn load_at_start(&self) -> Result<(), SourceError> {
+        match self.load_once().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let path = &self.settings.cache_path;
+                tracing::warn!(project = %self.settings.name, error = %e, cache = %path.display(), "datafile source unavailable at start; trying the cache");
+                let bytes = tokio::fs::read(path).await.map_err(|_| e)?;
+                let config = tokio::task::spawn_blocking(move || ProjectConfig::parse(&bytes))
+                    .await
+                    .map_err(|j| SourceError::Read {
+                        path: path.display().to_string(),
+                        message: j.to_string(),
+                    })?
+                    .map_err(|source| SourceError::Invalid {
+                        origin: format!("cache:{}", path.display()),
+                        source,
+                    })?;
+                self.install(config, format!("cache:{}", path.display()), false);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps the datafile fresh until cancelled: polls URLs every `poll_interval` (backing off
+    /// on errors) and re-reads on refresh requests (webhook, SIGHUP).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let poll = matches!(self.settings.origin, DatafileOrigin::Url(_));
+        let mut failures: u32 = 0;
+        loop {
+            let wait = if !poll {
+                Duration::from_secs(3600 * 24 * 365)
+            } else if failures == 0 {
+                self.settings.poll_interval
+            } else {
+                backoff(failures, self.settings.poll_interval)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.refresh.notified() => {}
+            }
+            match self.load_once().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(project = %self.settings.name, error = %e, failures, "datafile refresh failed; keeping the current one");
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 1 s, capped at the poll interval (at least 1 s).
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let secs = 1u64 << failures.min(16);
+    Duration::from_secs(secs).min(cap.max(Duration::from_secs(1)))
+}
+
+/// Writes `bytes` to `path` via a temporary file and rename, so readers never see half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1, Duration::from_secs(60)), Duration::from_secs(2));
+        assert_eq!(backoff(3, Duration::from_secs(60)), Duration::from_secs(8));
+        assert_eq!(
+            backoff(30, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn bundled_datafile_parses() {
+        let c = ProjectConfig::parse(BUNDLED_DATAFILE.as_bytes()).unwrap();
+        assert!(c.experiment_by_key("checkout_flow_experiment").is_some());
+        assert!(c.flag_by_key("new_checkout").is_some());
+    }
+}

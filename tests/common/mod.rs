@@ -1,0 +1,104 @@
+//! Shared helpers for integration tests: start a real daemon on 127.0.0.1:0 with an injected
+//! configuration, and small datafile builders.
+#![allow(dead_code)]
+
+use bucketd::config;
+use bucketd::daemon::Daemon;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A running daemon plus its scratch directory.
+pub struct TestApp {
+    pub daemon: Daemon,
+    pub base: String,
+    pub dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// A fresh scratch directory under the target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts a daemon with `BUCKETD__...` overrides (state dir and listen address are set here).
+pub async fn spawn_app(name: &str, overrides: &[(&str, String)]) -> TestApp {
+    let dir = scratch(name);
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("BUCKETD__STATE_DIR".into(), dir.display().to_string());
+    env.insert("BUCKETD__SERVER__LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("BUCKETD__SERVER__SHUTDOWN_GRACE".into(), "3s".into());
+    for (k, v) in overrides {
+        env.insert((*k).to_string(), v.clone());
+    }
+    let settings = config::load(None, &env).expect("test config is valid");
+    let store = settings
+        .profiles
+        .store
+        .build()
+        .await
+        .expect("profile store");
+    let queue = settings.events.queue.build().await.expect("event queue");
+    let daemon = Daemon::start(&settings, store, queue)
+        .await
+        .expect("daemon starts");
+    let base = format!("http://{}", daemon.addr);
+    TestApp {
+        daemon,
+        base,
+        dir,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A one-experiment datafile whose experiment sends all traffic to `variation` (`a` or `b`).
+pub fn all_to(variation: &str, revision: &str) -> Value {
+    let end = |v: &str| if v == variation { 10000 } else { 0 };
+    json!({
+        "version": "4", "accountId": "1", "projectId": "2", "revision": revision,
+        "attributes": [], "audiences": [], "events": [{"id": "9", "key": "buy", "experimentIds": ["100"]}],
+        "experiments": [{
+            "id": "100", "key": "exp", "status": "Running", "layerId": "10", "audienceIds": [],
+            "forcedVariations": {},
+            "variations": [{"id": "101", "key": "a"}, {"id": "102", "key": "b"}],
+            "trafficAllocation": [
+                {"entityId": "101", "endOfRange": end("a")},
+                {"entityId": "102", "endOfRange": 10000}
+            ]
+        }],
+        "groups": [], "featureFlags": [], "rollouts": []
+    })
+}
