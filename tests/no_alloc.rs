@@ -30,14 +30,20 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn experiment_decisions_do_not_allocate() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/fixtures");
-    let config = ProjectConfig::parse(&std::fs::read(format!("{dir}/realistic.json")).unwrap()).unwrap();
+    let config =
+        ProjectConfig::parse(&std::fs::read(format!("{dir}/realistic.json")).unwrap()).unwrap();
     let users: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{dir}/users.json")).unwrap()).unwrap();
     let users: Vec<UserContext> = users
         .as_array()
         .unwrap()
         .iter()
-        .map(|u| UserContext::new(u["user_id"].as_str().unwrap(), u["attributes"].as_object().unwrap().clone()))
+        .map(|u| {
+            UserContext::new(
+                u["user_id"].as_str().unwrap(),
+                u["attributes"].as_object().unwrap().clone(),
+            )
+        })
         .collect();
     let experiments: Vec<usize> = config.experiments_in_order().map(|(i, _)| i).collect();
     let mut bucketed = 0usize;
@@ -52,6 +58,12 @@ fn experiment_decisions_do_not_allocate() {
     }
     WATCHING.with(|w| w.set(false));
     let allocations = ALLOCATIONS.with(Cell::get);
-    assert!(bucketed > 1000, "the fixture must exercise bucketing, got {bucketed} variations");
-    assert_eq!(allocations, 0, "{allocations} heap allocations on the decision path");
+    assert!(
+        bucketed > 1000,
+        "the fixture must exercise bucketing, got {bucketed} variations"
+    );
+    assert_eq!(
+        allocations, 0,
+        "{allocations} heap allocations on the decision path"
+    );
 }

@@ -124,9 +124,17 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
     let attributes: Map<String, Value> = u["attributes"].as_object().cloned().unwrap_or_default();
     let mut forced = ForcedVariations::default();
     for fv in u["forced_variations"].as_array().into_iter().flatten() {
-        let (e, v) = (fv["experiment_key"].as_str().unwrap_or(""), fv["variation_key"].as_str());
+        let (e, v) = (
+            fv["experiment_key"].as_str().unwrap_or(""),
+            fv["variation_key"].as_str(),
+        );
         if let Err(err) = forced.set(config, e, &user_id, v) {
-            return miss(0, "set_forced_variation accepted by the SDK", fv.clone(), json!(err.to_string()));
+            return miss(
+                0,
+                "set_forced_variation accepted by the SDK",
+                fv.clone(),
+                json!(err.to_string()),
+            );
         }
     }
     let mut user = UserContext::new(user_id.clone(), attributes);
@@ -139,7 +147,9 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
     }
     let no_segments_user = UserContext::new(user_id.clone(), user.attributes.clone());
     user.qualified_segments = u["segments"].as_array().map(|a| {
-        a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+        a.iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
     });
     let mut stored: Option<UserProfile> = parse_profile(&u["profile"]);
     let mut last_saved: Option<UserProfile> = None;
@@ -168,7 +178,12 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                 }
                 let got = got.map_or(Value::Null, Value::String);
                 if got != call["variation_key"] {
-                    return miss(ci, &format!("{op} {key}"), call["variation_key"].clone(), got);
+                    return miss(
+                        ci,
+                        &format!("{op} {key}"),
+                        call["variation_key"].clone(),
+                        got,
+                    );
                 }
             }
             "decide" => {
@@ -183,7 +198,14 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                     .collect();
                 let mut options = match DecideOptions::parse(names) {
                     Ok(o) => o,
-                    Err(e) => return miss(ci, "decide options", call["options"].clone(), json!(e.to_string())),
+                    Err(e) => {
+                        return miss(
+                            ci,
+                            "decide options",
+                            call["options"].clone(),
+                            json!(e.to_string()),
+                        )
+                    }
                 };
                 if keys.as_ref().is_some_and(|k| k.len() == 1) {
                     options.enabled_flags_only = false;
@@ -191,7 +213,13 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                 let mut decider = Decider::new(config, &user);
                 decider.forced = Some(&forced);
                 let mut tracker = ProfileTracker::new(&user_id, stored.clone());
-                let decisions = decider.decide(keys.as_deref(), options, Some(&mut tracker), &mut events, &mut stamper);
+                let decisions = decider.decide(
+                    keys.as_deref(),
+                    options,
+                    Some(&mut tracker),
+                    &mut events,
+                    &mut stamper,
+                );
                 if tracker.updated && !options.ignore_user_profile_service {
                     stored = Some(tracker.profile.clone());
                     last_saved = Some(tracker.profile);
@@ -208,30 +236,59 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                     .collect();
                 let got = Value::Object(got);
                 if got != call["decisions"] {
-                    return miss(ci, &format!("decide {:?}", call["keys"]), call["decisions"].clone(), got);
+                    return miss(
+                        ci,
+                        &format!("decide {:?}", call["keys"]),
+                        call["decisions"].clone(),
+                        got,
+                    );
                 }
             }
             "track" => {
                 let key = call["event_key"].as_str().unwrap_or("");
                 let tags = call["event_tags"].as_object();
                 if let Some(e) = bucketd::core::events::conversion(
-                    config, key, &user_id, &user.attributes, tags, &mut stamper,
+                    config,
+                    key,
+                    &user_id,
+                    &user.attributes,
+                    tags,
+                    &mut stamper,
                 ) {
                     events.push(e);
                 }
             }
-            other => return miss(ci, "known op", json!("activate|get_variation|decide|track"), json!(other)),
+            other => {
+                return miss(
+                    ci,
+                    "known op",
+                    json!("activate|get_variation|decide|track"),
+                    json!(other),
+                )
+            }
         }
         if op != "get_variation" {
             let (want, got) = (theirs(&call["events"]), ours(&events));
             if want != got {
-                return miss(ci, &format!("{op} events"), Value::Array(want), Value::Array(got));
+                return miss(
+                    ci,
+                    &format!("{op} events"),
+                    Value::Array(want),
+                    Value::Array(got),
+                );
             }
         }
     }
-    let got = last_saved.map_or(Value::Null, |p| serde_json::to_value(p).unwrap_or(Value::Null));
+    let got = last_saved.map_or(Value::Null, |p| {
+        serde_json::to_value(p).unwrap_or(Value::Null)
+    });
     if got != u["final_profile"] {
-        return miss(usize::MAX, "final saved profile", u["final_profile"].clone(), got);
+        return miss(
+            usize::MAX,
+            "final saved profile",
+            u["final_profile"].clone(),
+            got,
+        );
     }
     None
 }
@@ -283,7 +340,15 @@ fn decisions_and_events_match_the_python_sdk() {
     let out = root.join(format!("target/parity-{seed}-{datafiles}x{users}.json"));
     let status = Command::new(&python)
         .arg(root.join("tests/parity/oracle.py"))
-        .args(["--seed", &seed, "--datafiles", &datafiles, "--users", &users, "--out"])
+        .args([
+            "--seed",
+            &seed,
+            "--datafiles",
+            &datafiles,
+            "--users",
+            &users,
+            "--out",
+        ])
         .arg(&out)
         .status()
         .expect("run the oracle");
@@ -324,7 +389,11 @@ fn decisions_and_events_match_the_python_sdk() {
         cases["cases"].as_array().map_or(0, Vec::len),
         mismatches.len()
     );
-    let reports: Vec<String> = mismatches.iter().take(MAX_REPORTED).map(|m| report(m, &cases)).collect();
+    let reports: Vec<String> = mismatches
+        .iter()
+        .take(MAX_REPORTED)
+        .map(|m| report(m, &cases))
+        .collect();
     assert!(
         mismatches.is_empty(),
         "{} users differ from the Python SDK (first {}):\n{}",
@@ -332,5 +401,8 @@ fn decisions_and_events_match_the_python_sdk() {
         reports.len(),
         reports.join("\n")
     );
-    assert!(users_checked >= 100, "too few users checked: {users_checked}");
+    assert!(
+        users_checked >= 100,
+        "too few users checked: {users_checked}"
+    );
 }
