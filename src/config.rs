@@ -122,6 +122,9 @@ pub struct EventSettings {
     /// `None`: the Optimizely endpoint of each event's region.
     pub endpoint: Option<url::Url>,
     pub queue: EventQueueConfig,
+    /// The local disk spool used while a remote queue (Kafka, SQS) is unavailable; `None` for
+    /// the disk queue, which is local already.
+    pub spool: Option<EventQueueConfig>,
     /// In-process buffer between requests and the queue producer.
     pub channel_capacity: usize,
 }

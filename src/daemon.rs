@@ -3,6 +3,7 @@
 //! shutdown sequence (stop accepting → finish requests → hand queued events to the queue).
 
 use crate::config::Settings;
+use crate::flusher::Flusher;
 use crate::http::{App, HttpConfig};
 use crate::metrics::Metrics;
 use crate::service::{events, profiles::ProfileGateway, Service};
@@ -34,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("flusher: {0}")]
+    Flusher(String),
     #[error("project {project}: no datafile (source unavailable and no cached copy): {message}")]
     NoDatafile { project: String, message: String },
 }
@@ -44,6 +47,7 @@ impl Daemon {
         settings: &Settings,
         store: Option<Arc<dyn ProfileStore>>,
         queue: Arc<dyn EventQueue>,
+        spool: Option<Arc<dyn EventQueue>>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         metrics.up.set(1.0);
@@ -71,8 +75,19 @@ impl Daemon {
             &workers,
             workers_cancel.clone(),
         );
+        if settings.flusher.enabled {
+            let flusher = Flusher::new(
+                queue.clone(),
+                settings.flusher.clone(),
+                settings.events.endpoint.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| StartError::Flusher(e.to_string()))?;
+            workers.spawn(flusher.run(workers_cancel.clone()));
+        }
         let (sink, producer) = events::producer(
             queue,
+            spool,
             settings.events.channel_capacity,
             metrics.clone(),
             workers_cancel.clone(),

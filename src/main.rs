@@ -34,6 +34,8 @@ enum Command {
     Serve,
     /// Validate the configuration and every project's datafile, then exit.
     Check,
+    /// Run only the flusher: drain the event queue into bulk event requests.
+    Flush,
     /// Datafile tools.
     Datafile {
         #[command(subcommand)]
@@ -116,6 +118,24 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Check => check(cli.config).await,
+        Command::Flush => {
+            let settings = match config::load_from_process_env(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("bucketd: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            init_logging(settings.log_format, &settings.log_level);
+            match flush(settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "flusher failed");
+                    eprintln!("bucketd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Datafile {
             command: DatafileCommand::Fetch { url, sdk_key, out },
         } => report(cli::fetch_datafile(url, sdk_key, &out).await),
@@ -182,6 +202,49 @@ async fn check(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// A token cancelled on SIGTERM / SIGINT.
+fn on_termination() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        } else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        }
+        tracing::info!("shutdown requested");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        t.cancel();
+    });
+    token
+}
+
+async fn flush(settings: config::Settings) -> anyhow::Result<()> {
+    let queue = settings.events.queue.build().await.context("event queue")?;
+    let metrics = std::sync::Arc::new(bucketd::metrics::Metrics::new());
+    let flusher = bucketd::flusher::Flusher::new(
+        queue,
+        settings.flusher.clone(),
+        settings.events.endpoint.clone(),
+        metrics,
+    )?;
+    let cancel = on_termination();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!("flusher running");
+    let grace = settings.server.shutdown_grace;
+    let run = tokio::spawn(flusher.run(cancel.clone()));
+    cancel.cancelled().await;
+    if tokio::time::timeout(grace, run).await.is_err() {
+        tracing::error!(?grace, "flusher did not stop within the grace period");
+    }
+    Ok(())
+}
+
 async fn serve(settings: config::Settings) -> anyhow::Result<()> {
     let store = settings
         .profiles
@@ -190,7 +253,11 @@ async fn serve(settings: config::Settings) -> anyhow::Result<()> {
         .await
         .context("profile store")?;
     let queue = settings.events.queue.build().await.context("event queue")?;
-    let daemon = bucketd::daemon::Daemon::start(&settings, store, queue).await?;
+    let spool = match &settings.events.spool {
+        Some(c) => Some(c.build().await.context("event spool")?),
+        None => None,
+    };
+    let daemon = bucketd::daemon::Daemon::start(&settings, store, queue, spool).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let shutdown = daemon.shutdown.clone();
     let service = daemon.service.clone();

@@ -1,6 +1,8 @@
 //! The HTTP API end to end: a real daemon on 127.0.0.1:0 (embedded profile store and disk
 //! queue), driven with a real HTTP client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
+
 mod common;
 
 use bucketd::core::{Decider, ProjectConfig, UserContext};
@@ -504,7 +506,7 @@ async fn multiple_projects_by_sdk_key() {
     );
     let store = settings.profiles.store.build().await.unwrap();
     let queue = settings.events.queue.build().await.unwrap();
-    let d = bucketd::daemon::Daemon::start(&settings, store, queue)
+    let d = bucketd::daemon::Daemon::start(&settings, store, queue, None)
         .await
         .unwrap();
     let c = reqwest::Client::new();

@@ -1,6 +1,8 @@
 //! The experiment-decision path (audiences, group and experiment bucketing) must not touch the
 //! heap: a counting allocator watches this thread while fixture users are decided.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
+
 use bucketd::core::{Decider, ProjectConfig, UserContext};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -9,6 +9,8 @@
 //! `.venv/bin/python`), `BUCKETD_PARITY_SEED` (default fixed), `BUCKETD_PARITY_DATAFILES` (20),
 //! `BUCKETD_PARITY_USERS` (500). Without a usable Python the test skips locally and fails in CI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
+
 use bucketd::core::events::UserEvent;
 use bucketd::core::payload::{endpoint_for_region, render, Client};
 use bucketd::core::{

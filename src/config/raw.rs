@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Built-in defaults, the same text the repository's `config.toml` documents.
 const DEFAULTS: &str = r#"
-state_dir = "/var/lib/bucketd"
+state_dir = "state"
 [server]
 listen = "127.0.0.1:8080"
 trust_forwarded_for = false
@@ -330,9 +330,19 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
     let value = normalize_backend_keys("events.queue", &kind, &map);
     let queue: EventQueueConfig =
         serde_json::from_value(value).map_err(|err| backend_error("events.queue", err))?;
+    let spool = if kind == "disk" {
+        None
+    } else {
+        let value = serde_json::json!({
+            "type": "disk",
+            "path": state_dir.join("spool").to_string_lossy(),
+        });
+        Some(serde_json::from_value(value).map_err(|err| backend_error("events.queue", err))?)
+    };
     Ok(EventSettings {
         endpoint,
         queue,
+        spool,
         channel_capacity: e.channel_capacity.max(1),
     })
 }

@@ -2,6 +2,9 @@
 //! one task batches them into queue records and publishes them to the configured
 //! [`EventQueue`], retrying with backoff while the queue is unavailable.
 //!
+//! When the queue is a remote backend (Kafka, SQS) and it is unavailable, batches go to a local
+//! disk spool instead, and a forwarder moves them to the queue once it answers again.
+//!
 //! Nothing is dropped silently: a full channel, a full queue or an event that cannot be
 //! serialized each have a reason label on `bucketd_events_dropped_total` and an ERROR log.
 
@@ -73,9 +76,11 @@ impl EventSink {
 }
 
 /// Creates the sink and the producer loop (to be spawned); the loop ends once the channel is
-/// closed by `cancel` and everything queued has been published (or dropped with a reason).
+/// closed by `cancel` and everything queued has been published, spooled, or dropped with a
+/// reason. `spool` is the local disk spool for remote queues.
 pub fn producer(
     queue: Arc<dyn EventQueue>,
+    spool: Option<Arc<dyn EventQueue>>,
     capacity: usize,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -87,15 +92,20 @@ pub fn producer(
         last_log: AtomicU64::new(0),
         started: Instant::now(),
     });
-    (sink, run(queue, rx, metrics, cancel))
+    (sink, run(queue, spool, rx, metrics, cancel))
 }
 
 async fn run(
     queue: Arc<dyn EventQueue>,
+    spool: Option<Arc<dyn EventQueue>>,
     mut rx: mpsc::Receiver<UserEvent>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let forwarder = spool.clone().map(|s| {
+        let (q, m, c) = (queue.clone(), metrics.clone(), cancel.clone());
+        tokio::spawn(forward_spool(s, q, m, c))
+    });
     let backend = queue.backend();
     let mut buf = Vec::with_capacity(BATCH);
     loop {
@@ -107,7 +117,7 @@ async fn run(
             }
         };
         if n == 0 {
-            return;
+            break;
         }
         let mut records = Vec::with_capacity(buf.len());
         for e in buf.drain(..) {
@@ -122,11 +132,112 @@ async fn run(
                 }
             }
         }
-        if publish_with_retry(&*queue, &records, &metrics, &cancel).await {
+        match &spool {
+            None => {
+                if publish_with_retry(&*queue, &records, &metrics, &cancel).await {
+                    metrics
+                        .events_published
+                        .with_label_values(&[backend])
+                        .inc_by(records.len() as u64);
+                }
+            }
+            Some(spool) => publish_or_spool(&*queue, &**spool, &records, &metrics).await,
+        }
+    }
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
+}
+
+/// Tries the queue once (with its own timeouts); on a retryable failure the batch goes to the
+/// spool, so requests never back up behind a dead broker.
+async fn publish_or_spool(
+    queue: &dyn EventQueue,
+    spool: &dyn EventQueue,
+    records: &[Record],
+    metrics: &Metrics,
+) {
+    match queue.publish(records).await {
+        Ok(()) => {
             metrics
                 .events_published
-                .with_label_values(&[backend])
+                .with_label_values(&[queue.backend()])
                 .inc_by(records.len() as u64);
+            return;
+        }
+        Err(e) if !e.is_retryable() => {
+            metrics
+                .events_dropped
+                .with_label_values(&["queue_error"])
+                .inc_by(records.len() as u64);
+            tracing::error!(backend = queue.backend(), error = %e, events = records.len(), "events dropped: the queue refused them");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(backend = queue.backend(), error = %e, events = records.len(), "event queue unavailable; spooling to disk")
+        }
+    }
+    match spool.publish(records).await {
+        Ok(()) => metrics.events_spooled.inc_by(records.len() as u64),
+        Err(e) => {
+            let reason = if is_queue_full(&e) {
+                "spool_full"
+            } else {
+                "spool_error"
+            };
+            metrics
+                .events_dropped
+                .with_label_values(&[reason])
+                .inc_by(records.len() as u64);
+            tracing::error!(error = %e, events = records.len(), reason, "events dropped: neither the queue nor the spool took them");
+        }
+    }
+}
+
+/// Moves spooled records to the queue whenever it answers; runs until cancelled.
+async fn forward_spool(
+    spool: Arc<dyn EventQueue>,
+    queue: Arc<dyn EventQueue>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let got = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = spool.receive(BATCH, Duration::from_secs(1)) => r,
+        };
+        let deliveries = match got {
+            Ok(d) if d.is_empty() => continue,
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event spool");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let records: Vec<Record> = deliveries.iter().map(|d| d.record.clone()).collect();
+        let tokens: Vec<_> = deliveries.into_iter().map(|d| d.token).collect();
+        match queue.publish(&records).await {
+            Ok(()) => {
+                metrics
+                    .events_published
+                    .with_label_values(&[queue.backend()])
+                    .inc_by(records.len() as u64);
+                if let Err(e) = spool.ack(&tokens).await {
+                    tracing::warn!(error = %e, "spooled events forwarded but not removed; they may be sent twice");
+                }
+                delay = Duration::from_millis(200);
+            }
+            Err(e) => {
+                let _ = spool.release(&tokens).await;
+                tracing::debug!(error = %e, ?delay, "queue still unavailable; spool kept");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: start a real daemon on 127.0.0.1:0 with an injected
 //! configuration, and small datafile builders.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod sink;
 
 use bucketd::config;
 use bucketd::daemon::Daemon;
@@ -48,7 +50,11 @@ pub async fn spawn_app(name: &str, overrides: &[(&str, String)]) -> TestApp {
         .await
         .expect("profile store");
     let queue = settings.events.queue.build().await.expect("event queue");
-    let daemon = Daemon::start(&settings, store, queue)
+    let spool = match &settings.events.spool {
+        Some(c) => Some(c.build().await.expect("event spool")),
+        None => None,
+    };
+    let daemon = Daemon::start(&settings, store, queue, spool)
         .await
         .expect("daemon starts");
     let base = format!("http://{}", daemon.addr);

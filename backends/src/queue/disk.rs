@@ -126,7 +126,7 @@ impl DiskQueue {
                 e => open_err(&file, e),
             })?;
 
-        let (state, bytes) = load_state(&db).map_err(|e| open_err(&file, e))?;
+        let (state, bytes) = load_state(&db)?;
         if state.count == 0 {
             // An empty queue is the cheap moment to give the pages of drained records back to
             // the file system.
@@ -165,18 +165,22 @@ impl DiskQueue {
 }
 
 /// Reads the persistent state at open; makes sure both tables exist.
-fn load_state(db: &Database) -> Result<(State, u64), redb::Error> {
-    let txn = db.begin_write()?;
+fn load_state(db: &Database) -> Result<(State, u64), BackendError> {
+    let txn = db.begin_write().map_err(db_err)?;
     let (state, bytes) = {
-        let records = txn.open_table(RECORDS)?;
-        let mut meta = txn.open_table(META)?;
-        let count = records.len()?;
-        let first = records.first()?.map(|(k, _)| k.value());
-        let last = records.last()?.map(|(k, _)| k.value());
-        let mut bytes = meta.get(META_BYTES)?.map(|v| v.value()).unwrap_or(0);
+        let records = txn.open_table(RECORDS).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let count = records.len().map_err(db_err)?;
+        let first = records.first().map_err(db_err)?.map(|(k, _)| k.value());
+        let last = records.last().map_err(db_err)?.map(|(k, _)| k.value());
+        let mut bytes = meta
+            .get(META_BYTES)
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if count == 0 && bytes != 0 {
             bytes = 0;
-            meta.insert(META_BYTES, 0)?;
+            meta.insert(META_BYTES, 0).map_err(db_err)?;
         }
         let state = State {
             next_seq: last.map_or(0, |s| s + 1),
@@ -186,7 +190,7 @@ fn load_state(db: &Database) -> Result<(State, u64), redb::Error> {
         };
         (state, bytes)
     };
-    txn.commit()?;
+    txn.commit().map_err(db_err)?;
     Ok((state, bytes))
 }
 

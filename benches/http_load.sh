@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# HTTP throughput of bucketd against a bare hyper server, measured in the same run on the same
+# machine with the same load generator (wrk): prints requests/s, latency percentiles and the
+# ratio. Usage: benches/http_load.sh [duration=10s] [connections=64]
+#
+# Scenarios: /bucketer with profiles=none (stateless), with the embedded memory store, and the
+# bare hyper baseline. Extra scenarios (e.g. a Redis store) can be added with SCENARIOS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10s}
+CONNS=${2:-64}
+THREADS=${WRK_THREADS:-1}
+command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null 2>&1 || { echo "wrk is required (apt-get install wrk)"; exit 1; }; }
+cargo build --release --bin bucketd --example bare_hyper -q
+STATE=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$STATE"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "port $1 not ready"; exit 1; }
+
+start_bucketd() { # port profiles_type [extra env...]
+  local port=$1 kind=$2; shift 2
+  env BUCKETD__STATE_DIR="$STATE/$port" BUCKETD__SERVER__LISTEN="127.0.0.1:$port" \
+      BUCKETD__PROFILES__TYPE="$kind" BUCKETD__LOG__LEVEL=warn "$@" \
+      ./target/release/bucketd serve >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port "$port" ready
+}
+
+URL_PATH='/bucketer?e=checkout_flow_experiment&u=user-1&a=tier:%22platinum%22,age:31'
+run() { # name url
+  local out rps p50 p99
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" 2>&1)
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%-28s %12s req/s   p50 %-9s p99 %s\n' "$1" "$rps" "$p50" "$p99" >&2
+  echo "$rps"
+}
+
+./target/release/examples/bare_hyper 127.0.0.1:18090 2>/dev/null & pids+=($!)
+sleep 0.5
+start_bucketd 18091 none
+start_bucketd 18092 memory
+# Warm up each server once.
+for p in 18090 18091 18092; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
+
+echo "wrk: $THREADS thread(s), $CONNS connections, $DURATION per scenario, $(nproc) cores" >&2
+bare=$(run "bare hyper (baseline)" "http://127.0.0.1:18090$URL_PATH")
+none=$(run "bucketd profiles=none" "http://127.0.0.1:18091$URL_PATH")
+mem=$(run "bucketd profiles=memory" "http://127.0.0.1:18092$URL_PATH")
+for extra in ${SCENARIOS:-}; do :; done
+awk -v b="$bare" -v n="$none" -v m="$mem" 'BEGIN {
+  printf "ratio to bare hyper: profiles=none %.2f, profiles=memory %.2f\n", n/b, m/b }' >&2

@@ -1,0 +1,279 @@
+//! Events end to end on the embedded disk queue: HTTP API → producer → disk queue → flusher →
+//! a local sink standing in for the Optimizely endpoint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
+
+mod common;
+
+use common::sink::Sink;
+use common::spawn_app;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn events_n() -> usize {
+    std::env::var("BUCKETD_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+fn flusher_env(sink: &Sink) -> Vec<(&'static str, String)> {
+    vec![
+        ("BUCKETD__EVENTS__ENDPOINT", sink.url()),
+        ("BUCKETD__PROFILES__TYPE", "none".into()),
+        ("BUCKETD__FLUSHER__BATCH_SIZE", "500".into()),
+        ("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms".into()),
+        ("BUCKETD__FLUSHER__MAX_BACKOFF", "1s".into()),
+    ]
+}
+
+/// Sends `n` event-producing requests (half activations, half conversions) from 32 tasks.
+async fn produce(base: &str, n: usize, tag: &str) {
+    let client = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, next, base, tag) = (
+            client.clone(),
+            next.clone(),
+            base.to_string(),
+            tag.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let status = if i % 2 == 0 {
+                    client
+                        .get(format!("{base}/bucketer?e=checkout_flow_experiment&u={tag}-{i}&a=tier:%22gold%22"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                } else {
+                    client
+                        .post(format!("{base}/v1/track?eventKey=purchase"))
+                        .json(&json!({"userId": format!("{tag}-{i}"), "userAttributes": {"tier": "gold"}, "eventTags": {"revenue": i, "value": 1.5}}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                };
+                assert_eq!(status.as_u16(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_in_bulk_requests() {
+    let n = events_n();
+    let sink = Sink::start().await;
+    let app = spawn_app("events-bulk", &flusher_env(&sink)).await;
+    produce(&app.base, n, "bulk").await;
+    let got = sink.wait_for(n, Duration::from_secs(120)).await;
+    assert_eq!(got, n, "every uuid arrives");
+    let rec = sink.recorded.lock().unwrap();
+    let requests = rec.payloads.len();
+    // One context here, so ≈ n / batch_size requests; partial batches cut by the flush interval
+    // while producing may add a few.
+    assert!(
+        requests <= n / 500 * 2 + 10,
+        "{requests} requests for {n} events"
+    );
+    assert!(requests >= n / 500, "{requests} requests for {n} events");
+    let p = &rec.payloads[0];
+    assert_eq!(p["account_id"], "10000001");
+    assert_eq!(p["project_id"], "20000001");
+    assert_eq!(p["revision"], "1");
+    assert_eq!(p["enrich_decisions"], true);
+    assert_eq!(p["anonymize_ip"], true);
+    assert_eq!(p["client_name"], "bucketd");
+    let visitors: usize = rec
+        .payloads
+        .iter()
+        .map(|p| p["visitors"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(visitors, n + rec.duplicates, "one visitor per event");
+    let conv = rec
+        .payloads
+        .iter()
+        .flat_map(|p| p["visitors"].as_array().unwrap().iter())
+        .find(|v| v["snapshots"][0].get("decisions").is_none())
+        .expect("a conversion");
+    assert_eq!(conv["snapshots"][0]["events"][0]["key"], "purchase");
+    assert_eq!(
+        conv["attributes"][0],
+        json!({"entity_id": "30000001", "key": "tier", "type": "custom", "value": "gold"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
+    let outage = std::env::var("BUCKETD_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30u64);
+    let sink = Sink::start().await;
+    sink.fail_with.store(500, Ordering::Relaxed);
+    *sink.poison.lock().unwrap() = Some("\"poison\":".into());
+    let app = spawn_app("events-outage", &flusher_env(&sink)).await;
+    let n = 2_000;
+    produce(&app.base, n, "outage").await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let r = client
+            .post(app.url("/v1/track?eventKey=purchase"))
+            .json(&json!({"userId": format!("bad-{i}"), "eventTags": {"poison": format!("p{i}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    assert_eq!(sink.received(), 0, "nothing is accepted during the outage");
+    assert!(
+        sink.requests.load(Ordering::Relaxed) > 1,
+        "the flusher kept retrying"
+    );
+    sink.fail_with.store(0, Ordering::Relaxed);
+    let got = sink.wait_for(n, Duration::from_secs(120)).await;
+    assert_eq!(got, n, "every good event arrives after the outage");
+    // The 20 poisoned events end up in the dead letter, and nothing else does.
+    let path = app.dir.join("dead-letter.jsonl");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if lines.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        lines.len(),
+        20,
+        "exactly the rejected events are dead-lettered"
+    );
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["reason"].as_str().unwrap().starts_with("HTTP 400"));
+        assert!(v["event"]["visitor_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad-"));
+    }
+    assert_eq!(sink.received(), n, "rejected events never reach the sink");
+    let metrics = client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bucketd_flusher_dead_lettered_total 20"),
+        "{metrics}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_binary(dir: &std::path::Path, port: u16, sink: &Sink) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bucketd"))
+        .arg("serve")
+        .env("BUCKETD__STATE_DIR", dir)
+        .env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BUCKETD__EVENTS__ENDPOINT", sink.url())
+        .env("BUCKETD__PROFILES__TYPE", "none")
+        .env("BUCKETD__FLUSHER__BATCH_SIZE", "200")
+        .env("BUCKETD__FLUSHER__FLUSH_INTERVAL", "100ms")
+        .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms")
+        .env("BUCKETD__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(base: &str) {
+    let c = reqwest::Client::new();
+    for _ in 0..200 {
+        if c.get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon at {base} never became ready");
+}
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_loses_nothing() {
+    let sink = Sink::start().await;
+    sink.fail_with.store(503, Ordering::Relaxed);
+    let dir = common::scratch("events-kill9");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_binary(&dir, port, &sink);
+    wait_ready(&base).await;
+    let n = 3_000;
+    produce(&base, n, "k9").await;
+    // Once the events are in the disk queue, let some through, then kill -9 mid-flush.
+    for _ in 0..100 {
+        if metric(&base, "bucketd_events_published_total{backend=\"disk\"}").await as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sink.delay_ms.store(150, Ordering::Relaxed);
+    sink.fail_with.store(0, Ordering::Relaxed);
+    sink.wait_for(n / 4, Duration::from_secs(30)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = sink.received();
+    assert!(
+        before < n,
+        "the kill should interrupt the flush ({before} of {n} already delivered)"
+    );
+    sink.delay_ms.store(0, Ordering::Relaxed);
+    let mut child = spawn_binary(&dir, port, &sink);
+    wait_ready(&base).await;
+    let got = sink.wait_for(n, Duration::from_secs(60)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, n, "no uuid missing after kill -9 and restart");
+}
