@@ -22,7 +22,7 @@ wait_port() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/$2" >/dev/nu
 start_bucketd() { # port profiles_type [extra env...]
   local port=$1 kind=$2; shift 2
   env BUCKETD__STATE_DIR="$STATE/$port" BUCKETD__SERVER__LISTEN="127.0.0.1:$port" \
-      BUCKETD__PROFILES__TYPE="$kind" BUCKETD__LOG__LEVEL=warn "$@" \
+      BUCKETD__PROFILES__TYPE="$kind" BUCKETD__LOG__LEVEL=warn BUCKETD__FLUSHER__ENABLED=false "$@" \
       ./target/release/bucketd serve >/dev/null 2>&1 &
   pids+=($!)
   wait_port "$port" ready

@@ -22,6 +22,7 @@ fn events_n() -> usize {
 fn flusher_env(sink: &Sink) -> Vec<(&'static str, String)> {
     vec![
         ("BUCKETD__EVENTS__ENDPOINT", sink.url()),
+        ("BUCKETD__FLUSHER__ENABLED", "true".into()),
         ("BUCKETD__PROFILES__TYPE", "none".into()),
         ("BUCKETD__FLUSHER__BATCH_SIZE", "500".into()),
         ("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms".into()),

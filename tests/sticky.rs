@@ -107,67 +107,214 @@ async fn no_store_is_stateless() {
     assert_eq!(status, 404);
 }
 
+/// Kills the store under load (via `kill`), checks no request fails and the failure metric of
+/// `backend` moves, restarts it (via `restart`), and checks stickiness resumes.
+async fn outage_and_recovery(
+    app: &TestApp,
+    backend: &str,
+    kill: impl FnOnce(),
+    restart: impl FnOnce(),
+) {
+    let load = {
+        let (client, url) = (app.client.clone(), app.url("/bucketer?e=exp&u=load"));
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..400 {
+                let r = client.get(format!("{url}{i}")).send().await.unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill();
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request succeeds while the store is down"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("bucketd_profile_operations_total")
+                && l.contains(&format!("backend=\"{backend}\""))
+                && (l.contains("outcome=\"error\"")
+                    || l.contains("outcome=\"timeout\"")
+                    || l.contains("outcome=\"skipped\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures > 0.0, "the failure metric moves:\n{metrics}");
+    let (_, health) = app.get_json("/health").await;
+    assert_eq!(health["profile_store"]["state"], "degraded");
+
+    // The store is back (empty): new assignments are stored and sticky again.
+    restart();
+    let mut resumed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (_, h) = app.get_json("/health").await;
+        let _ = variation(app, "probe").await;
+        if h["profile_store"]["state"] == "ok" {
+            resumed = true;
+            break;
+        }
+    }
+    if !resumed {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let ops: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("bucketd_profile_operations_total"))
+            .collect();
+        panic!("the breaker did not close once the store answered again: {ops:#?}");
+    }
+    push(app, &with_flag("a", "3")).await;
+    assert_eq!(variation(app, "after").await, "a");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    push(app, &with_flag("b", "4")).await;
+    assert_eq!(variation(app, "after").await, "a", "stickiness resumes");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process owned by one test.
+struct ServerProcess {
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    fn start(program: &str, args: &[String], port: u16) -> Option<Self> {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { child });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn or_skip(server: Option<ServerProcess>, what: &str) -> Option<ServerProcess> {
+    if server.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {what} cannot be started"
+        );
+        eprintln!("SKIPPED sticky test: {what} is not available");
+    }
+    server
+}
+
+#[cfg(feature = "cassandra")]
+mod cassandra_store {
+    use super::*;
+
+    /// The shared CQL test server (address and pid from `.ci/servers/cql.sh`). The driver
+    /// discovers the node at the port the server reports for itself, so a second server on
+    /// another port cannot be used here; this test pauses the shared one instead.
+    fn shared_server() -> Option<(String, String)> {
+        Some((
+            std::env::var("BUCKETD_TEST_CQL_ADDR").ok()?,
+            std::env::var("BUCKETD_TEST_CQL_PID").ok()?,
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cassandra_store_keeps_assignments_sticky_and_survives_an_outage() {
+        let Some((addr, pid)) = shared_server() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but BUCKETD_TEST_CQL_ADDR/PID are not"
+            );
+            eprintln!(
+                "SKIPPED cassandra sticky test: set BUCKETD_TEST_CQL_ADDR and BUCKETD_TEST_CQL_PID"
+            );
+            return;
+        };
+        let app = spawn_app(
+            "sticky-cassandra",
+            &[
+                ("BUCKETD__ADMIN__TOKEN", "tok".to_string()),
+                ("BUCKETD__PROFILES__TYPE", "cassandra".into()),
+                ("BUCKETD__PROFILES__CONTACT_POINTS", addr),
+                (
+                    "BUCKETD__PROFILES__KEYSPACE",
+                    format!("sticky_{}", std::process::id()),
+                ),
+                ("BUCKETD__PROFILES__CONSISTENCY", "ONE".into()),
+                ("BUCKETD__PROFILES__TIMEOUT", "200ms".into()),
+            ],
+        )
+        .await;
+        check_stickiness(&app, 10).await;
+        // The emulator keeps its schema in memory, so a killed one comes back empty (a real
+        // Cassandra node keeps it on disk). Freeze it instead: requests hang until the timeout,
+        // exactly like a stalled node, and it answers again with its data after SIGCONT.
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {pid}");
+        };
+        outage_and_recovery(&app, "cassandra", || signal("-STOP"), || signal("-CONT")).await;
+    }
+}
+
 #[cfg(feature = "redis")]
 mod redis_store {
     use super::*;
 
-    /// A redis-server process owned by this test.
-    struct RedisProcess {
-        port: u16,
-        child: std::process::Child,
-    }
-
-    impl RedisProcess {
-        fn start(port: u16) -> Option<Self> {
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .ok()?;
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Self { port, child });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            None
-        }
-
-        fn kill(mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn redis_or_skip(port: u16) -> Option<RedisProcess> {
-        match RedisProcess::start(port) {
-            Some(r) => Some(r),
-            None => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI is set but redis-server cannot be started"
-                );
-                eprintln!("SKIPPED redis sticky test: redis-server is not on PATH");
-                None
-            }
-        }
+    fn start(port: u16) -> Option<ServerProcess> {
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        ServerProcess::start("redis-server", &args, port)
     }
 
     fn env(port: u16, cache: bool) -> Vec<(&'static str, String)> {
@@ -190,81 +337,20 @@ mod redis_store {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_store_keeps_assignments_sticky_and_survives_an_outage() {
         let port = free_port();
-        let Some(redis) = redis_or_skip(port) else {
+        let Some(redis) = or_skip(start(port), "redis-server") else {
             return;
         };
         let app = spawn_app("sticky-redis", &env(port, false)).await;
         check_stickiness(&app, 20).await;
-
-        // Kill Redis under load: no request fails, the failure metric moves.
-        let load = {
-            let (client, url) = (app.client.clone(), app.url("/bucketer?e=exp&u=load"));
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                for i in 0..400 {
-                    let r = client.get(format!("{url}{i}")).send().await.unwrap();
-                    statuses.push(r.status().as_u16());
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                statuses
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        redis.kill();
-        let statuses = load.await.unwrap();
-        assert!(
-            statuses.iter().all(|s| *s == 200),
-            "every request succeeds while the store is down"
-        );
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let failures: f64 = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("bucketd_profile_operations_total")
-                    && l.contains("backend=\"redis\"")
-                    && (l.contains("outcome=\"error\"")
-                        || l.contains("outcome=\"timeout\"")
-                        || l.contains("outcome=\"skipped\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert!(failures > 0.0, "the failure metric moves:\n{metrics}");
-        let (_, health) = app.get_json("/health").await;
-        assert_eq!(health["profile_store"]["state"], "degraded");
-
-        // Redis back (empty): new assignments are stored and sticky again.
-        let redis = RedisProcess::start(port).expect("redis restarts");
-        let mut resumed = false;
-        for _ in 0..60 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let (_, h) = app.get_json("/health").await;
-            let _ = variation(&app, "probe").await;
-            if h["profile_store"]["state"] == "ok" {
-                resumed = true;
-                break;
-            }
-        }
-        assert!(resumed, "the breaker closes once Redis answers again");
-        push(&app, &with_flag("a", "3")).await;
-        assert_eq!(variation(&app, "after").await, "a");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        push(&app, &with_flag("b", "4")).await;
-        assert_eq!(variation(&app, "after").await, "a", "stickiness resumes");
-        redis.kill();
+        let mut restarted = None;
+        outage_and_recovery(&app, "redis", || redis.kill(), || restarted = start(port)).await;
+        restarted.expect("redis restarts").kill();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_store_with_read_cache() {
         let port = free_port();
-        let Some(redis) = redis_or_skip(port) else {
+        let Some(redis) = or_skip(start(port), "redis-server") else {
             return;
         };
         let app = spawn_app("sticky-redis-cache", &env(port, true)).await;

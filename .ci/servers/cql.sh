@@ -16,14 +16,14 @@ mkdir -p "$run_dir"
 
 accepts() { (exec 9<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+echo "cql.sh: building cql-test-server (debug)" >&2
+start=$SECONDS
+cargo build -p cql-test-server >&2
+echo "cql.sh: built in $((SECONDS - start)) s" >&2
 if accepts; then
     echo "cql.sh: reusing the server already listening on $addr" >&2
 else
-    echo "cql.sh: building cql-test-server (debug)" >&2
-    start=$SECONDS
-    cargo build -p cql-test-server >&2
-    echo "cql.sh: built in $((SECONDS - start)) s" >&2
-    target_dir="${CARGO_TARGET_DIR:-target}"
     setsid nohup "$target_dir/debug/cql-test-server" --listen "$addr" \
         >"$run_dir/cql.log" 2>&1 </dev/null 3>&- &
     pid=$!
@@ -41,3 +41,7 @@ else
     echo "cql.sh: cql-test-server (pid $pid) listening on $addr" >&2
 fi
 echo "export BUCKETD_TEST_CQL_ADDR=$addr" >&3
+# Tests that pause the shared server (SIGSTOP/SIGCONT) to simulate a stalled node use its pid.
+[ -f "$run_dir/cql.pid" ] && echo "export BUCKETD_TEST_CQL_PID=$(cat "$run_dir/cql.pid")" >&3
+# Tests that need a server of their own (to kill it mid-load) start this binary.
+echo "export BUCKETD_TEST_CQL_SERVER_BIN=$target_dir/debug/cql-test-server" >&3

@@ -482,3 +482,19 @@ async fn throughput() {
         n as f64 / drain.as_secs_f64()
     );
 }
+
+#[test]
+#[allow(irrefutable_let_patterns)] // with only the disk feature, Disk is the only variant
+fn config_parses_with_defaults_and_rejects_typos() {
+    let c: backends::EventQueueConfig =
+        serde_json::from_str(r#"{"type": "disk", "path": "/var/lib/bucketd/events"}"#).unwrap();
+    let backends::EventQueueConfig::Disk(c) = c else {
+        panic!("{c:?}")
+    };
+    assert_eq!(c, DiskConfig::new("/var/lib/bucketd/events"));
+    assert_eq!(c.max_bytes, 1 << 30);
+    let typo = serde_json::from_str::<backends::EventQueueConfig>(
+        r#"{"type": "disk", "path": "/x", "max_byte": 5}"#,
+    );
+    assert!(typo.is_err());
+}

@@ -39,6 +39,13 @@ pub async fn spawn_app(name: &str, overrides: &[(&str, String)]) -> TestApp {
     env.insert("BUCKETD__STATE_DIR".into(), dir.display().to_string());
     env.insert("BUCKETD__SERVER__LISTEN".into(), "127.0.0.1:0".into());
     env.insert("BUCKETD__SERVER__SHUTDOWN_GRACE".into(), "3s".into());
+    // Tests never talk to the real Optimizely endpoint: the flusher is off unless a test turns
+    // it on with a local sink as the endpoint.
+    env.insert("BUCKETD__FLUSHER__ENABLED".into(), "false".into());
+    env.insert(
+        "BUCKETD__EVENTS__ENDPOINT".into(),
+        "http://127.0.0.1:9/v1/events".into(),
+    );
     for (k, v) in overrides {
         env.insert((*k).to_string(), v.clone());
     }

@@ -1,0 +1,826 @@
+//! The SQS event queue: many records packed into each SQS message.
+//!
+//! An SQS request carries at most 10 messages and 256 KiB, and SQS bills per request (per
+//! 64 KiB chunk), so one message per event would be slow and dear. A publish packs its records
+//! into as few messages as fit (each body at most 256 KiB) and sends them with
+//! `SendMessageBatch` (at most 10 messages and 256 KiB per call), checking every entry of the
+//! answer and retrying the ones that failed on the server's side.
+//!
+//! Body format (text, as SQS bodies must be): standard base64 of
+//! `[version = 1] { [key length: u32 LE] [key] [value length: u32 LE] [value] }*`.
+//!
+//! A received message is unpacked into deliveries; records beyond the caller's `max` wait in
+//! memory for the next `receive`. The message is deleted only once every record from it is
+//! acked. `release` gives a message back when none of its records is still with the caller:
+//! `ChangeMessageVisibility` to 0 when none of it was acked, otherwise the unacked records are
+//! sent again as a new message and the old one deleted (so acked events are not sent twice).
+//! A message neither acked nor released (a crash) comes back after the visibility timeout.
+
+use crate::queue::{AckToken, Delivery, EventQueue, Record};
+use crate::BackendError;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use aws_sdk_sqs::Client;
+use base64::Engine as _;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+const BACKEND: &str = "sqs";
+
+/// Default region.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Default visibility timeout: how long a received message stays hidden from other receivers.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default (and largest) long-poll wait of one `ReceiveMessage`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+
+/// SQS limit on a message body, and on the sum of the bodies in one batch call.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+/// SQS limit on the entries of one batch call, and on the messages one receive returns.
+const MAX_BATCH_ENTRIES: usize = 10;
+/// Raw bytes that still fit a body once base64-encoded (4 chars per 3 bytes).
+const MAX_RAW_BYTES: usize = MAX_BODY_BYTES / 4 * 3;
+const FORMAT_VERSION: u8 = 1;
+/// Tries of one batch call's failed entries (the SDK already retries whole requests).
+const ENTRY_ATTEMPTS: u32 = 3;
+/// SQS limit on the visibility timeout.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+fn default_region() -> String {
+    DEFAULT_REGION.to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_visibility_timeout() -> Duration {
+    DEFAULT_VISIBILITY_TIMEOUT
+}
+fn default_wait() -> Duration {
+    DEFAULT_WAIT
+}
+
+/// Settings of the SQS queue (`type = "sqs"`). Credentials come from the standard AWS chain
+/// (environment, profile, web identity, ECS/EC2 metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsConfig {
+    /// Queue name; looked up (or created, with `create`) at start. Ignored when `queue_url`
+    /// is set.
+    #[serde(default)]
+    pub queue_name: Option<String>,
+    /// Queue URL; takes precedence over `queue_name`.
+    #[serde(default)]
+    pub queue_url: Option<String>,
+    /// Endpoint override (an SQS-compatible server, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// AWS region of the queue.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Create the queue when only `queue_name` is given and it does not exist.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// How long received records stay invisible to other receivers; records neither acked
+    /// nor released within it are delivered again. At most 12 h.
+    #[serde(default = "default_visibility_timeout", with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// Longest long poll of one `ReceiveMessage` (at most 20 s).
+    #[serde(default = "default_wait", with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl SqsConfig {
+    /// A config for the queue named `queue_name` with the defaults.
+    pub fn named(queue_name: impl Into<String>) -> Self {
+        Self {
+            queue_name: Some(queue_name.into()),
+            queue_url: None,
+            endpoint_url: None,
+            region: default_region(),
+            create: true,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            wait: DEFAULT_WAIT,
+        }
+    }
+}
+
+/// The SQS-backed queue.
+pub struct SqsQueue {
+    client: Client,
+    queue_url: String,
+    visibility_secs: i32,
+    max_wait: Duration,
+    state: Mutex<State>,
+}
+
+/// Messages received and not yet deleted or given back.
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    messages: HashMap<u64, Message>,
+    /// Records unpacked but not yet handed out: (message id, record index).
+    buffered: VecDeque<(u64, usize)>,
+}
+
+#[derive(Debug)]
+struct Message {
+    receipt: String,
+    records: Vec<(Record, Slot)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Unpacked, waiting in `State::buffered`.
+    Buffered,
+    /// Handed to the caller.
+    Out,
+    Released,
+    Acked,
+}
+
+/// What to do with a message that left `State`.
+enum Resolution {
+    Delete {
+        receipt: String,
+    },
+    /// Make visible again as it is.
+    Reappear {
+        receipt: String,
+    },
+    /// Send the unacked records as a new message, then delete the old one.
+    Resend {
+        receipt: String,
+        records: Vec<Record>,
+    },
+}
+
+impl Message {
+    fn resolution(&self) -> Option<Resolution> {
+        let count = |s: Slot| self.records.iter().filter(|(_, slot)| *slot == s).count();
+        let acked = count(Slot::Acked);
+        if acked == self.records.len() {
+            return Some(Resolution::Delete {
+                receipt: self.receipt.clone(),
+            });
+        }
+        if count(Slot::Out) > 0 || count(Slot::Released) == 0 {
+            return None;
+        }
+        let receipt = self.receipt.clone();
+        if acked == 0 {
+            return Some(Resolution::Reappear { receipt });
+        }
+        let records = self
+            .records
+            .iter()
+            .filter(|(_, s)| *s != Slot::Acked)
+            .map(|(r, _)| r.clone())
+            .collect();
+        Some(Resolution::Resend { receipt, records })
+    }
+}
+
+impl State {
+    /// Takes the messages whose fate is settled among `ids` out of the state.
+    fn settle(&mut self, ids: impl IntoIterator<Item = u64>) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(res) = self.messages.get(&id).and_then(Message::resolution) else {
+                continue;
+            };
+            self.messages.remove(&id);
+            self.buffered.retain(|(m, _)| *m != id);
+            out.push(res);
+        }
+        out
+    }
+}
+
+impl SqsQueue {
+    /// Connects with the standard AWS configuration chain and `config.region`.
+    pub async fn connect(config: &SqsConfig) -> Result<Self, BackendError> {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()))
+            .load()
+            .await;
+        Self::connect_with(config, &sdk).await
+    }
+
+    /// Connects with a ready AWS configuration (tests pass static credentials this way);
+    /// `config.endpoint_url` still applies.
+    pub async fn connect_with(
+        config: &SqsConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, BackendError> {
+        if config.wait > DEFAULT_WAIT {
+            return Err(BackendError::fatal(BACKEND, "wait must be at most 20s"));
+        }
+        if config.visibility_timeout > MAX_VISIBILITY {
+            return Err(BackendError::fatal(
+                BACKEND,
+                "visibility_timeout must be at most 12h",
+            ));
+        }
+        let visibility_secs = i32::try_from(config.visibility_timeout.as_secs())
+            .map_err(|_| BackendError::fatal(BACKEND, "visibility_timeout too large"))?;
+        let mut builder = aws_sdk_sqs::config::Builder::from(sdk);
+        if let Some(url) = &config.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        let client = Client::from_conf(builder.build());
+
+        let queue_url = match (&config.queue_url, &config.queue_name) {
+            (Some(url), _) => url.clone(),
+            (None, Some(name)) if config.create => {
+                create_queue(&client, name, visibility_secs).await?
+            }
+            (None, Some(name)) => match client.get_queue_url().queue_name(name).send().await {
+                Ok(out) => out.queue_url().map(str::to_owned).unwrap_or_default(),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_queue_does_not_exist()) =>
+                {
+                    return Err(BackendError::fatal(
+                        BACKEND,
+                        format!("queue {name} does not exist (and create = false)"),
+                    ));
+                }
+                Err(e) => return Err(sdk_err("GetQueueUrl", e)),
+            },
+            (None, None) => {
+                return Err(BackendError::fatal(BACKEND, "set queue_name or queue_url"));
+            }
+        };
+        if queue_url.is_empty() {
+            return Err(BackendError::fatal(BACKEND, "SQS returned no queue URL"));
+        }
+        let queue = Self {
+            client,
+            queue_url,
+            visibility_secs,
+            max_wait: config.wait,
+            state: Mutex::default(),
+        };
+        queue.health().await?;
+        tracing::info!(backend = BACKEND, queue_url = %queue.queue_url, "sqs queue connected");
+        Ok(queue)
+    }
+
+    /// The URL of the queue in use.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every method leaves the state consistent between statements; a panic elsewhere at
+        // worst makes a message be delivered twice.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends packed bodies, at most 10 and 256 KiB per call.
+    async fn send_bodies(&self, bodies: Vec<String>) -> Result<(), BackendError> {
+        let mut call: Vec<String> = Vec::new();
+        let mut call_bytes = 0;
+        for body in bodies {
+            if !call.is_empty()
+                && (call.len() == MAX_BATCH_ENTRIES || call_bytes + body.len() > MAX_BODY_BYTES)
+            {
+                self.send_batch(std::mem::take(&mut call)).await?;
+                call_bytes = 0;
+            }
+            call_bytes += body.len();
+            call.push(body);
+        }
+        if !call.is_empty() {
+            self.send_batch(call).await?;
+        }
+        Ok(())
+    }
+
+    /// One `SendMessageBatch`, retrying the entries that failed on the server's side.
+    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), BackendError> {
+        let mut pending: Vec<(String, String)> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (i.to_string(), b))
+            .collect();
+        for attempt in 1..=ENTRY_ATTEMPTS {
+            let entries = pending
+                .iter()
+                .map(|(id, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(id)
+                        .message_body(body)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BackendError::fatal(BACKEND, e))?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk_err("SendMessageBatch", e))?;
+            let failed = out.failed();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
+                return Err(BackendError::fatal(
+                    BACKEND,
+                    format!(
+                        "SendMessageBatch refused a message: {} {}",
+                        f.code(),
+                        f.message().unwrap_or("")
+                    ),
+                ));
+            }
+            tracing::warn!(
+                backend = BACKEND,
+                failed = failed.len(),
+                attempt,
+                "SendMessageBatch entries failed"
+            );
+            if attempt == ENTRY_ATTEMPTS {
+                let f = &failed[0];
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    format!(
+                        "SendMessageBatch: {} entries failed: {} {}",
+                        failed.len(),
+                        f.code(),
+                        f.message().unwrap_or("")
+                    ),
+                ));
+            }
+            let failed_ids: Vec<&str> = failed.iter().map(|f| f.id()).collect();
+            pending.retain(|(id, _)| failed_ids.contains(&id.as_str()));
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        Ok(())
+    }
+
+    /// `DeleteMessageBatch` over any number of receipts, retrying failed entries. A receipt
+    /// SQS calls invalid (the message was received again elsewhere) is only logged: the message
+    /// is someone else's now.
+    async fn delete(&self, receipts: Vec<String>) -> Result<(), BackendError> {
+        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
+            let mut pending: Vec<(String, &String)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i.to_string(), r))
+                .collect();
+            for attempt in 1..=ENTRY_ATTEMPTS {
+                let entries = pending
+                    .iter()
+                    .map(|(id, r)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(id)
+                            .receipt_handle(*r)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| BackendError::fatal(BACKEND, e))?;
+                let out = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("DeleteMessageBatch", e))?;
+                let retry: Vec<&str> = out
+                    .failed()
+                    .iter()
+                    .filter(|f| {
+                        if f.sender_fault() {
+                            tracing::warn!(
+                                backend = BACKEND,
+                                code = f.code(),
+                                "message not deleted"
+                            );
+                        }
+                        !f.sender_fault()
+                    })
+                    .map(|f| f.id())
+                    .collect();
+                if retry.is_empty() {
+                    break;
+                }
+                if attempt == ENTRY_ATTEMPTS {
+                    return Err(BackendError::unavailable(
+                        BACKEND,
+                        format!("DeleteMessageBatch: {} entries failed", retry.len()),
+                    ));
+                }
+                pending.retain(|(id, _)| retry.contains(&id.as_str()));
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes messages visible again at once.
+    async fn reappear(&self, receipts: Vec<String>) -> Result<(), BackendError> {
+        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BackendError::fatal(BACKEND, e))?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
+            if !out.failed().is_empty() {
+                // They come back after the visibility timeout instead.
+                tracing::warn!(
+                    backend = BACKEND,
+                    failed = out.failed().len(),
+                    "messages not made visible"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out what `ack` / `release` settled. Every resolution is attempted; the first
+    /// error is returned.
+    async fn resolve(&self, resolutions: Vec<Resolution>) -> Result<(), BackendError> {
+        let mut delete = Vec::new();
+        let mut reappear = Vec::new();
+        let mut first_err = None;
+        for r in resolutions {
+            match r {
+                Resolution::Delete { receipt } => delete.push(receipt),
+                Resolution::Reappear { receipt } => reappear.push(receipt),
+                Resolution::Resend { receipt, records } => match pack(&records) {
+                    Ok(bodies) => match self.send_bodies(bodies).await {
+                        Ok(()) => delete.push(receipt),
+                        // The old message comes back after the visibility timeout, acked
+                        // records included: a duplicate, never a loss.
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    },
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        if let Err(e) = self.reappear(reappear).await {
+            first_err.get_or_insert(e);
+        }
+        if let Err(e) = self.delete(delete).await {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Hands out buffered records, up to `max`.
+    fn take_buffered(&self, max: usize) -> Vec<Delivery> {
+        let mut st = self.state();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((id, idx)) = st.buffered.pop_front() else {
+                break;
+            };
+            let Some(msg) = st.messages.get_mut(&id) else {
+                continue;
+            };
+            let Some((record, slot)) = msg.records.get_mut(idx) else {
+                continue;
+            };
+            *slot = Slot::Out;
+            out.push(Delivery {
+                record: record.clone(),
+                token: token(id, idx),
+            });
+        }
+        out
+    }
+}
+
+async fn create_queue(
+    client: &Client,
+    name: &str,
+    visibility_secs: i32,
+) -> Result<String, BackendError> {
+    let created = client
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_secs.to_string(),
+        )
+        .send()
+        .await;
+    match created {
+        Ok(out) => Ok(out.queue_url().map(str::to_owned).unwrap_or_default()),
+        // It exists with other attributes: use it as it is (receive sets its own visibility).
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_queue_name_exists()) =>
+        {
+            tracing::info!(
+                backend = BACKEND,
+                queue = name,
+                "sqs queue exists with other attributes"
+            );
+            let out = client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| sdk_err("GetQueueUrl", e))?;
+            Ok(out.queue_url().map(str::to_owned).unwrap_or_default())
+        }
+        Err(e) => Err(sdk_err("CreateQueue", e)),
+    }
+}
+
+/// Packs records into as few bodies as fit.
+fn pack(records: &[Record]) -> Result<Vec<String>, BackendError> {
+    let mut bodies = Vec::new();
+    let mut raw = vec![FORMAT_VERSION];
+    for r in records {
+        let frame = 8 + r.key.len() + r.value.len();
+        if 1 + frame > MAX_RAW_BYTES {
+            return Err(BackendError::fatal(
+                BACKEND,
+                format!("record of {frame} bytes does not fit an SQS message"),
+            ));
+        }
+        if raw.len() + frame > MAX_RAW_BYTES {
+            bodies.push(base64::engine::general_purpose::STANDARD.encode(&raw));
+            raw.truncate(1);
+        }
+        // Both lengths are below MAX_RAW_BYTES, checked above.
+        raw.extend_from_slice(&(r.key.len() as u32).to_le_bytes());
+        raw.extend_from_slice(r.key.as_bytes());
+        raw.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&r.value);
+    }
+    if raw.len() > 1 {
+        bodies.push(base64::engine::general_purpose::STANDARD.encode(&raw));
+    }
+    Ok(bodies)
+}
+
+fn unpack(body: &str) -> Result<Vec<Record>, String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("not base64: {e}"))?;
+    let Some((&version, mut rest)) = raw.split_first() else {
+        return Err("empty body".into());
+    };
+    if version != FORMAT_VERSION {
+        return Err(format!("unknown format version {version}"));
+    }
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let key = take_field(&mut rest)?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| "key not UTF-8".to_string())?
+            .to_owned();
+        let value = take_field(&mut rest)?.to_vec();
+        records.push(Record { key, value });
+    }
+    Ok(records)
+}
+
+/// Splits a `[length: u32 LE][bytes]` field off the front of `rest`.
+fn take_field<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
+    let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if tail.len() < len {
+        return Err("truncated".into());
+    }
+    let (field, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(field)
+}
+
+fn token(message: u64, index: usize) -> AckToken {
+    AckToken(format!("{message}:{index}"))
+}
+
+fn parse_token(t: &AckToken) -> Result<(u64, usize), BackendError> {
+    let bad = || BackendError::fatal(BACKEND, format!("not an sqs queue token: {:?}", t.0));
+    let (m, i) = t.0.split_once(':').ok_or_else(bad)?;
+    Ok((m.parse().map_err(|_| bad())?, i.parse().map_err(|_| bad())?))
+}
+
+/// Throttling and server errors are retryable, and so are network failures and timeouts;
+/// other answers of the service (access denied, no such queue, bad parameters) are not.
+fn sdk_err<E>(op: &str, e: SdkError<E>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = format!("{op}: {}", DisplayErrorContext(&e));
+    match &e {
+        SdkError::ConstructionFailure(_) => BackendError::fatal(BACKEND, message),
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            let status = se.raw().status().as_u16();
+            let throttled = code.contains("Throttl")
+                || matches!(
+                    code,
+                    "RequestThrottled" | "OverLimit" | "ServiceUnavailable" | "InternalError"
+                );
+            if throttled || status == 429 || status >= 500 {
+                BackendError::unavailable(BACKEND, message)
+            } else {
+                BackendError::fatal(BACKEND, message)
+            }
+        }
+        _ => BackendError::unavailable(BACKEND, message),
+    }
+}
+
+#[async_trait::async_trait]
+impl EventQueue for SqsQueue {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn publish(&self, records: &[Record]) -> Result<(), BackendError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.send_bodies(pack(records)?).await
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let out = self.take_buffered(max);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait_secs = left.min(self.max_wait).as_secs() as i32;
+            let got = self
+                .client
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(max.min(MAX_BATCH_ENTRIES) as i32)
+                .wait_time_seconds(wait_secs)
+                .visibility_timeout(self.visibility_secs)
+                .send()
+                .await
+                .map_err(|e| sdk_err("ReceiveMessage", e))?;
+            let mut empty = Vec::new();
+            {
+                let mut st = self.state();
+                for m in got.messages() {
+                    let Some(receipt) = m.receipt_handle() else {
+                        continue;
+                    };
+                    let records = match unpack(m.body().unwrap_or_default()) {
+                        Ok(r) => r,
+                        Err(why) => {
+                            // Left alone: it comes back after the visibility timeout, and a
+                            // redrive policy moves it to a dead-letter queue.
+                            tracing::error!(
+                                backend = BACKEND,
+                                message_id = m.message_id().unwrap_or_default(),
+                                why,
+                                "undecodable sqs message"
+                            );
+                            continue;
+                        }
+                    };
+                    if records.is_empty() {
+                        empty.push(receipt.to_owned());
+                        continue;
+                    }
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.buffered.extend((0..records.len()).map(|i| (id, i)));
+                    st.messages.insert(
+                        id,
+                        Message {
+                            receipt: receipt.to_owned(),
+                            records: records.into_iter().map(|r| (r, Slot::Buffered)).collect(),
+                        },
+                    );
+                }
+            }
+            if !empty.is_empty() {
+                self.delete(empty).await?;
+            }
+            if !got.messages().is_empty() {
+                continue;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            if wait_secs == 0 {
+                // Less than a second left: short polls, not a busy loop.
+                tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+            }
+        }
+    }
+
+    async fn ack(&self, tokens: &[AckToken]) -> Result<(), BackendError> {
+        let parsed = tokens
+            .iter()
+            .map(parse_token)
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolutions = {
+            let mut st = self.state();
+            let mut touched = Vec::new();
+            for (id, idx) in parsed {
+                // Unknown: already deleted or given back; an ack repeat.
+                if let Some((_, slot)) = st
+                    .messages
+                    .get_mut(&id)
+                    .and_then(|m| m.records.get_mut(idx))
+                {
+                    *slot = Slot::Acked;
+                    touched.push(id);
+                }
+            }
+            touched.dedup();
+            st.settle(touched)
+        };
+        self.resolve(resolutions).await
+    }
+
+    async fn release(&self, tokens: &[AckToken]) -> Result<(), BackendError> {
+        let parsed = tokens
+            .iter()
+            .map(parse_token)
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolutions = {
+            let mut st = self.state();
+            let mut touched = Vec::new();
+            for (id, idx) in parsed {
+                if let Some((_, slot)) = st
+                    .messages
+                    .get_mut(&id)
+                    .and_then(|m| m.records.get_mut(idx))
+                {
+                    if *slot == Slot::Out {
+                        *slot = Slot::Released;
+                        touched.push(id);
+                    }
+                }
+            }
+            touched.dedup();
+            st.settle(touched)
+        };
+        self.resolve(resolutions).await
+    }
+
+    /// `ApproximateNumberOfMessages`: SQS messages waiting, not records (a message holds
+    /// many records), and approximate, as SQS says.
+    async fn depth(&self) -> Result<Option<u64>, BackendError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetQueueAttributes", e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse().ok()))
+    }
+
+    async fn health(&self) -> Result<(), BackendError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetQueueAttributes", e))?;
+        Ok(())
+    }
+}
