@@ -77,7 +77,7 @@ else
         --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
         --storage-engine memory://tansu/ \
-        </dev/null >"$RUN/tansu.log" 2>&1 &
+        </dev/null >"$RUN/tansu.log" 2>&1 3>&- &
     echo $! >"$RUN/tansu.pid"
     wait_port "$TANSU_PORT" "$RUN/tansu.log" 30
 fi
@@ -91,10 +91,14 @@ else
     # It warns about a glibc symbol version on Debian 12; harmless.
     setsid "$VENV/bin/noida-db" start --only kafka --kafka-port "$NOIDA_PORT" \
         --host 127.0.0.1 --data-dir "$data" \
-        </dev/null >"$RUN/noida.log" 2>&1 &
+        </dev/null >"$RUN/noida.log" 2>&1 3>&- &
     echo $! >"$RUN/noida.pid"
     wait_port "$NOIDA_PORT" "$RUN/noida.log" 60
 fi
 
 echo "export BUCKETD_TEST_KAFKA_BROKERS=127.0.0.1:$TANSU_PORT" >&3
+# Tests that pause the broker (SIGSTOP/SIGCONT) to simulate an outage use its pid.
+[[ -f $RUN/tansu.pid ]] && echo "export BUCKETD_TEST_KAFKA_PID=$(cat "$RUN/tansu.pid")" >&3
 echo "export BUCKETD_TEST_KAFKA_BROKERS_NOIDA=127.0.0.1:$NOIDA_PORT" >&3
+# noida-db runs its broker as a child: its process group is what an outage test pauses.
+[[ -f $RUN/noida.pid ]] && echo "export BUCKETD_TEST_KAFKA_NOIDA_PGID=$(cat "$RUN/noida.pid")" >&3

@@ -49,7 +49,7 @@ if listening "$PORT"; then
     log "something already listens on $PORT: reusing it as moto"
 else
     log "starting moto on 127.0.0.1:$PORT"
-    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" </dev/null >"$RUN/moto.log" 2>&1 &
+    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" </dev/null >"$RUN/moto.log" 2>&1 3>&- &
     echo $! >"$RUN/moto.pid"
     # The port opens once Flask is up, and moto answers from then on.
     ok=

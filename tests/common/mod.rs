@@ -34,6 +34,16 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Starts a daemon with `BUCKETD__...` overrides (state dir and listen address are set here).
 pub async fn spawn_app(name: &str, overrides: &[(&str, String)]) -> TestApp {
+    spawn_app_with_file(name, overrides, None).await
+}
+
+/// Like [`spawn_app`], plus a configuration file (for keys the environment cannot express,
+/// such as librdkafka properties with dots in their names).
+pub async fn spawn_app_with_file(
+    name: &str,
+    overrides: &[(&str, String)],
+    file: Option<&std::path::Path>,
+) -> TestApp {
     let dir = scratch(name);
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert("BUCKETD__STATE_DIR".into(), dir.display().to_string());
@@ -49,7 +59,7 @@ pub async fn spawn_app(name: &str, overrides: &[(&str, String)]) -> TestApp {
     for (k, v) in overrides {
         env.insert((*k).to_string(), v.clone());
     }
-    let settings = config::load(None, &env).expect("test config is valid");
+    let settings = config::load(file, &env).expect("test config is valid");
     let store = settings
         .profiles
         .store
