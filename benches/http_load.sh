@@ -14,7 +14,7 @@ command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null 2>&1 || { e
 cargo build --release --bin bucketd --example bare_hyper -q
 STATE=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$STATE"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$STATE" "${LUA:-}"; }
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "port $1 not ready"; exit 1; }
@@ -29,9 +29,18 @@ start_bucketd() { # port profiles_type [extra env...]
 }
 
 URL_PATH='/bucketer?e=checkout_flow_experiment&u=user-1&a=tier:%22platinum%22,age:31'
+# Many users, so profile stores see lookups and saves across a key space (wrk Lua picks the id).
+LUA=$(mktemp --suffix .lua)
+cat >"$LUA" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/bucketer?e=checkout_flow_experiment&u=user-" .. (n % 50000) .. "&a=tier:%22platinum%22,age:31")
+end
+LUA
 run() { # name url
   local out rps p50 p99
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" 2>&1)
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$LUA" "$2" 2>&1)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -43,13 +52,20 @@ run() { # name url
 sleep 0.5
 start_bucketd 18091 none
 start_bucketd 18092 memory
+REDIS_URL=${BUCKETD_TEST_REDIS_URL:-}
+if [ -z "$REDIS_URL" ]; then eval "$(bash .ci/servers/redis.sh)"; REDIS_URL=$BUCKETD_TEST_REDIS_URL; fi
+start_bucketd 18093 redis BUCKETD__PROFILES__URL="$REDIS_URL" BUCKETD__PROFILES__KEY_PREFIX="bench:$$:"
+start_bucketd 18094 redis BUCKETD__PROFILES__URL="$REDIS_URL" BUCKETD__PROFILES__KEY_PREFIX="bench:$$:" \
+  BUCKETD__PROFILES__CACHE_CAPACITY=100000
 # Warm up each server once.
-for p in 18090 18091 18092; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
+for p in 18090 18091 18092 18093 18094; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
 
 echo "wrk: $THREADS thread(s), $CONNS connections, $DURATION per scenario, $(nproc) cores" >&2
 bare=$(run "bare hyper (baseline)" "http://127.0.0.1:18090$URL_PATH")
 none=$(run "bucketd profiles=none" "http://127.0.0.1:18091$URL_PATH")
 mem=$(run "bucketd profiles=memory" "http://127.0.0.1:18092$URL_PATH")
-for extra in ${SCENARIOS:-}; do :; done
-awk -v b="$bare" -v n="$none" -v m="$mem" 'BEGIN {
-  printf "ratio to bare hyper: profiles=none %.2f, profiles=memory %.2f\n", n/b, m/b }' >&2
+red=$(run "bucketd profiles=redis" "http://127.0.0.1:18093$URL_PATH")
+redc=$(run "bucketd redis + read cache" "http://127.0.0.1:18094$URL_PATH")
+awk -v b="$bare" -v n="$none" -v m="$mem" -v r="$red" -v c="$redc" 'BEGIN {
+  printf "ratio to bare hyper: profiles=none %.2f, memory %.2f\n", n/b, m/b
+  printf "ratio to stateless bucketd: redis %.2f, redis + read cache %.2f\n", r/n, c/n }' >&2

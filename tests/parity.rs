@@ -3,7 +3,7 @@
 //! `tests/parity/oracle.py` generates random datafiles and users and records what
 //! `optimizely-sdk` answers (variations, flag decisions, impression and conversion payloads,
 //! saved user profiles). This test replays every call through the core and fails on the first
-//! differences, printing a minimal reproduction and writing it to `target/parity-failures/`.
+//! differences, printing a minimal reproduction and writing it to `<target>/tmp/parity-failures/`.
 //!
 //! Environment: `BUCKETD_PARITY_PYTHON` (a Python with `optimizely-sdk` installed; default
 //! `.venv/bin/python`), `BUCKETD_PARITY_SEED` (default fixed), `BUCKETD_PARITY_DATAFILES` (20),
@@ -301,7 +301,7 @@ fn report(m: &Mismatch, cases: &Value) -> String {
         .into_iter()
         .flatten()
         .find(|c| c["name"] == m.case.as_str());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/parity-failures");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity-failures");
     let file = dir.join(format!("{}-user{}.json", m.case, m.user));
     if let Some(c) = case {
         let repro = json!({"name": m.case, "datafile": c["datafile"], "user": c["users"][m.user], "call": m.call});
@@ -339,7 +339,8 @@ fn decisions_and_events_match_the_python_sdk() {
     let seed = env_or("BUCKETD_PARITY_SEED", DEFAULT_SEED);
     let datafiles = env_or("BUCKETD_PARITY_DATAFILES", "20");
     let users = env_or("BUCKETD_PARITY_USERS", "500");
-    let out = root.join(format!("target/parity-{seed}-{datafiles}x{users}.json"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("parity-{seed}-{datafiles}x{users}.json"));
     let status = Command::new(&python)
         .arg(root.join("tests/parity/oracle.py"))
         .args([
