@@ -3,7 +3,9 @@
 //!
 //! Usage (queue from the usual config / env, e.g. `BUCKETD__EVENTS__QUEUE__TYPE=kafka
 //! BUCKETD__EVENTS__QUEUE__BROKERS=127.0.0.1:9092`):
-//!   cargo run --release --example flush_bench -- [events=200000] [per_event_sample=5000]
+//!   cargo run --release --example flush_bench -- [events=200000] [per_event_sample=5000] [latency_ms=0]
+//! `latency_ms` makes the sink answer each request that much later (an endpoint over a network;
+//! the seed measured ~60 ms to Optimizely's), the same for both designs.
 //! `benches/flush_load.sh` runs it for the disk queue and Kafka.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark with a broken setup stops loudly
@@ -57,7 +59,7 @@ fn event(i: usize) -> UserEvent {
 }
 
 /// Counts visitors (events) in every payload; answers 204.
-async fn sink(counter: Arc<AtomicUsize>, requests: Arc<AtomicUsize>) -> String {
+async fn sink(counter: Arc<AtomicUsize>, requests: Arc<AtomicUsize>, latency: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -77,6 +79,9 @@ async fn sink(counter: Arc<AtomicUsize>, requests: Arc<AtomicUsize>) -> String {
                                 .unwrap_or_default();
                             let v: serde_json::Value =
                                 serde_json::from_slice(&body).unwrap_or_default();
+                            if !latency.is_zero() {
+                                tokio::time::sleep(latency).await;
+                            }
                             counter.fetch_add(
                                 v["visitors"].as_array().map_or(0, Vec::len),
                                 Ordering::Relaxed,
@@ -102,6 +107,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let sample: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000);
+    let latency = Duration::from_millis(args.next().and_then(|a| a.parse().ok()).unwrap_or(0));
     let settings = bucketd::config::load_from_process_env(None).expect("config");
     let queue = settings.events.queue.build().await.expect("queue");
     let backend = queue.backend();
@@ -119,7 +125,7 @@ async fn main() {
 
     // The flusher.
     let (count, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let url = sink(count.clone(), reqs.clone()).await;
+    let url = sink(count.clone(), reqs.clone(), latency).await;
     let mut flusher_settings = settings.flusher.clone();
     flusher_settings.batch_size = 1000;
     flusher_settings.flush_interval = Duration::from_millis(100);
@@ -144,7 +150,7 @@ async fn main() {
 
     // The seed's design: one synchronous request per event, same sink, keep-alive client.
     let (count2, reqs2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let url2 = sink(count2.clone(), reqs2.clone()).await;
+    let url2 = sink(count2.clone(), reqs2.clone(), latency).await;
     let client = reqwest::Client::new();
     let version = env!("CARGO_PKG_VERSION");
     let c = Client {
@@ -167,7 +173,7 @@ async fn main() {
     }
     let per_event_rate = sample as f64 / t.elapsed().as_secs_f64();
     println!(
-        "{backend}: flusher {flusher_rate:.0} events/s ({n} events, {} requests); per-event design {per_event_rate:.0} events/s; ratio {:.0}x",
+        "{backend}, endpoint latency {latency:?}: flusher {flusher_rate:.0} events/s ({n} events, {} requests); per-event design {per_event_rate:.0} events/s; ratio {:.0}x",
         reqs.load(Ordering::Relaxed),
         flusher_rate / per_event_rate
     );
