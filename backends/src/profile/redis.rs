@@ -191,9 +191,10 @@ enum Pool {
     Cluster(deadpool_redis::cluster::Pool),
 }
 
-/// A pooled connection of either kind.
+/// A connection of either kind: single-node operations share one multiplexed connection
+/// (pipelined, cheap to clone); cluster ones check out of the pool.
 enum Conn {
-    Single(deadpool_redis::Connection),
+    Single(redis::aio::MultiplexedConnection),
     Cluster(deadpool_redis::cluster::Connection),
 }
 
@@ -231,6 +232,10 @@ impl ConnectionLike for Conn {
 /// A profile store in Redis.
 pub struct RedisStore {
     pool: Pool,
+    /// The shared single-node connection, taken from the pool once and reused (a pool checkout
+    /// costs an UNWATCH+PING round trip). Dropped after a connection error; the next operation
+    /// takes a fresh one from the pool.
+    shared: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     key_prefix: String,
     /// Expiry in milliseconds; 0 for none (the script's convention).
     ttl_ms: u64,
@@ -286,6 +291,7 @@ impl RedisStore {
             };
         let store = Self {
             pool,
+            shared: std::sync::Mutex::new(None),
             key_prefix: config.key_prefix.clone(),
             ttl_ms: config
                 .ttl
@@ -313,14 +319,43 @@ impl RedisStore {
     {
         let attempt = async {
             let conn = match &self.pool {
-                Pool::Single(p) => p.get().await.map(Conn::Single).map_err(pool_error)?,
+                Pool::Single(p) => {
+                    let cached = self.shared.lock().ok().and_then(|g| g.clone());
+                    match cached {
+                        Some(c) => Conn::Single(c),
+                        None => {
+                            let c = deadpool_redis::Connection::take(
+                                p.get().await.map_err(pool_error)?,
+                            );
+                            if let Ok(mut g) = self.shared.lock() {
+                                *g = Some(c.clone());
+                            }
+                            Conn::Single(c)
+                        }
+                    }
+                }
                 Pool::Cluster(p) => p.get().await.map(Conn::Cluster).map_err(pool_error)?,
             };
-            op(conn).await.map_err(redis_error)
+            op(conn).await.map_err(|e| {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                {
+                    if let Ok(mut g) = self.shared.lock() {
+                        *g = None;
+                    }
+                }
+                redis_error(e)
+            })
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or_else(|_| {
+                // A stalled connection may be dead: the next operation starts from the pool.
+                if let Ok(mut g) = self.shared.lock() {
+                    *g = None;
+                }
                 Err(BackendError::Timeout {
                     backend: BACKEND,
                     millis: millis(self.timeout),
