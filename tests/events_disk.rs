@@ -6,10 +6,9 @@
 mod common;
 
 use common::sink::Sink;
-use common::spawn_app;
+use common::{produce, spawn_app};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn events_n() -> usize {
@@ -28,49 +27,6 @@ fn flusher_env(sink: &Sink) -> Vec<(&'static str, String)> {
         ("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms".into()),
         ("BUCKETD__FLUSHER__MAX_BACKOFF", "1s".into()),
     ]
-}
-
-/// Sends `n` event-producing requests (half activations, half conversions) from 32 tasks.
-async fn produce(base: &str, n: usize, tag: &str) {
-    let client = reqwest::Client::new();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (client, next, base, tag) = (
-            client.clone(),
-            next.clone(),
-            base.to_string(),
-            tag.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return;
-                }
-                let status = if i % 2 == 0 {
-                    client
-                        .get(format!("{base}/bucketer?e=checkout_flow_experiment&u={tag}-{i}&a=tier:%22gold%22"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                } else {
-                    client
-                        .post(format!("{base}/v1/track?eventKey=purchase"))
-                        .json(&json!({"userId": format!("{tag}-{i}"), "userAttributes": {"tier": "gold"}, "eventTags": {"revenue": i, "value": 1.5}}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                };
-                assert_eq!(status.as_u16(), 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

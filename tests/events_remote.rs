@@ -9,10 +9,8 @@
 mod common;
 
 use common::sink::Sink;
-use common::spawn_app_with_file;
-use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use common::{produce, spawn_app_with_file};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn env_or_skip(name: &str) -> Option<String> {
@@ -38,46 +36,6 @@ fn unique(prefix: &str) -> String {
             .unwrap()
             .as_millis()
     )
-}
-
-async fn produce(base: &str, n: usize, tag: &str) {
-    let client = reqwest::Client::new();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (client, next, base, tag) = (
-            client.clone(),
-            next.clone(),
-            base.to_string(),
-            tag.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return;
-                }
-                let r = if i % 2 == 0 {
-                    client
-                        .get(format!(
-                            "{base}/bucketer?e=checkout_flow_experiment&u={tag}-{i}"
-                        ))
-                        .send()
-                        .await
-                } else {
-                    client
-                        .post(format!("{base}/v1/track?eventKey=purchase"))
-                        .json(&json!({"userId": format!("{tag}-{i}"), "eventTags": {"revenue": i}}))
-                        .send()
-                        .await
-                };
-                assert_eq!(r.unwrap().status().as_u16(), 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 /// A config file with librdkafka properties (dotted names cannot travel through the

@@ -125,3 +125,46 @@ pub fn all_to(variation: &str, revision: &str) -> Value {
         "groups": [], "featureFlags": [], "rollouts": []
     })
 }
+
+/// Sends `n` event-producing requests (half activations, half conversions) from 32 tasks.
+pub async fn produce(base: &str, n: usize, tag: &str) {
+    let client = reqwest::Client::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, next, base, tag) = (
+            client.clone(),
+            next.clone(),
+            base.to_string(),
+            tag.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let status = if i % 2 == 0 {
+                    client
+                        .get(format!("{base}/bucketer?e=checkout_flow_experiment&u={tag}-{i}&a=tier:%22gold%22"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                } else {
+                    client
+                        .post(format!("{base}/v1/track?eventKey=purchase"))
+                        .json(&json!({"userId": format!("{tag}-{i}"), "userAttributes": {"tier": "gold"}, "eventTags": {"revenue": i, "value": 1.5}}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                };
+                assert_eq!(status.as_u16(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
