@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Flusher throughput (queue → bulk v1 requests → local sink) for the disk queue and Kafka,
-# each against the seed's one-request-per-event design measured in the same run.
+# each against the seed's one-request-per-event design measured in the same run: the official
+# Python SDK's default dispatcher (needs .venv from ./scripts/test, or BUCKETD_BENCH_PYTHON) and
+# a Rust keep-alive client.
 # Usage: benches/flush_load.sh [events=200000]   (Kafka: BUCKETD_TEST_KAFKA_BROKERS or a broker
 # started by .ci/servers/kafka.sh)
 set -euo pipefail

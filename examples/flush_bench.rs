@@ -1,5 +1,9 @@
 //! Flusher throughput, queue → bulk requests → a local sink, against the seed's design (one
-//! HTTP request per event) measured in the same run to the same sink.
+//! HTTP request per event) measured in the same run to the same sink, twice:
+//! - as the seed ships it: the official Python SDK's default dispatcher (`benches/sdk_dispatch.py`,
+//!   a new connection per event), when a Python with `optimizely-sdk` is found
+//!   (`BUCKETD_BENCH_PYTHON`, default `.venv/bin/python`);
+//! - at its best: the same requests from Rust over one keep-alive connection.
 //!
 //! Usage (queue from the usual config / env, e.g. `BUCKETD__EVENTS__QUEUE__TYPE=kafka
 //! BUCKETD__EVENTS__QUEUE__BROKERS=127.0.0.1:9092`):
@@ -24,6 +28,16 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The daemon's allocator, so the flusher is measured as it runs in `bucketd`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What the sink reads of a payload: the visitors, counted without building them.
+#[derive(serde::Deserialize)]
+struct Counted {
+    visitors: Vec<serde::de::IgnoredAny>,
+}
 
 fn event(i: usize) -> UserEvent {
     UserEvent {
@@ -77,15 +91,12 @@ async fn sink(counter: Arc<AtomicUsize>, requests: Arc<AtomicUsize>, latency: Du
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or_default();
+                            let visitors = serde_json::from_slice::<Counted>(&body)
+                                .map_or(0, |c| c.visitors.len());
                             if !latency.is_zero() {
                                 tokio::time::sleep(latency).await;
                             }
-                            counter.fetch_add(
-                                v["visitors"].as_array().map_or(0, Vec::len),
-                                Ordering::Relaxed,
-                            );
+                            counter.fetch_add(visitors, Ordering::Relaxed);
                             requests.fetch_add(1, Ordering::Relaxed);
                             let mut r = Response::new(Full::new(Bytes::new()));
                             *r.status_mut() = hyper::StatusCode::NO_CONTENT;
@@ -148,33 +159,98 @@ async fn main() {
     let _ = task.await;
     let flusher_rate = n as f64 / flusher_secs;
 
-    // The seed's design: one synchronous request per event, same sink, keep-alive client.
+    let c = Client {
+        name: "bucketd",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let events: Vec<UserEvent> = (0..sample).map(event).collect();
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(&render(std::slice::from_ref(e), &c)[0].batch).unwrap())
+        .collect();
+
+    // The seed's design at its best: one synchronous request per event, keep-alive, from Rust.
     let (count2, reqs2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let url2 = sink(count2.clone(), reqs2.clone(), latency).await;
     let client = reqwest::Client::new();
-    let version = env!("CARGO_PKG_VERSION");
-    let c = Client {
-        name: "bucketd",
-        version,
-    };
-    let events: Vec<UserEvent> = (0..sample).map(event).collect();
     let t = Instant::now();
-    for e in &events {
-        let one = render(std::slice::from_ref(e), &c);
-        let body = serde_json::to_vec(&one[0].batch).unwrap();
+    for body in &bodies {
         let r = client
             .post(&url2)
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.clone())
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success());
     }
-    let per_event_rate = sample as f64 / t.elapsed().as_secs_f64();
+    let keepalive_rate = sample as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(count2.load(Ordering::Relaxed), sample);
+
+    // The seed's design as shipped: the Python SDK's default dispatcher.
+    let sdk_rate = sdk_dispatch_rate(&bodies, latency).await;
+
     println!(
-        "{backend}, endpoint latency {latency:?}: flusher {flusher_rate:.0} events/s ({n} events, {} requests); per-event design {per_event_rate:.0} events/s; ratio {:.0}x",
+        "{backend}, endpoint latency {latency:?}: flusher {flusher_rate:.0} events/s ({n} events, {} requests)",
         reqs.load(Ordering::Relaxed),
-        flusher_rate / per_event_rate
     );
+    match sdk_rate {
+        Some(r) => println!(
+            "  per-event, Python SDK default dispatcher: {r:.0} events/s -> flusher {:.0}x",
+            flusher_rate / r
+        ),
+        None => println!("  per-event, Python SDK default dispatcher: not measured (no Python with optimizely-sdk)"),
+    }
+    println!(
+        "  per-event, Rust keep-alive client:        {keepalive_rate:.0} events/s -> flusher {:.0}x",
+        flusher_rate / keepalive_rate
+    );
+}
+
+/// Sends `bodies` through `benches/sdk_dispatch.py` to a fresh sink; events/s, or `None`
+/// without a Python that has the SDK.
+async fn sdk_dispatch_rate(bodies: &[Vec<u8>], latency: Duration) -> Option<f64> {
+    let python =
+        std::env::var("BUCKETD_BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sdk_dispatch.py");
+    let probe = tokio::process::Command::new(&python)
+        .args(["-c", "import optimizely"])
+        .output()
+        .await
+        .ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let file = std::env::temp_dir().join(format!("bucketd-bench-{}.jsonl", std::process::id()));
+    let mut lines = Vec::new();
+    for b in bodies {
+        lines.extend_from_slice(b);
+        lines.push(b'\n');
+    }
+    std::fs::write(&file, lines).unwrap();
+    let (count, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let url = sink(count.clone(), reqs, latency).await;
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&url)
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let sent: usize = parts.next()?.parse().ok()?;
+    let secs: f64 = parts.next()?.parse().ok()?;
+    assert_eq!(
+        count.load(Ordering::Relaxed),
+        sent,
+        "the SDK dispatcher lost events"
+    );
+    Some(sent as f64 / secs)
 }

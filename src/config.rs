@@ -138,6 +138,8 @@ pub struct FlusherSettings {
     pub max_backoff: Duration,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    /// Batches delivered at the same time (the next batch is received while they post).
+    pub concurrency: usize,
     pub dead_letter_path: PathBuf,
 }
 
@@ -240,6 +242,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         max_backoff: raw.flusher.max_backoff,
         max_request_bytes: nonzero("flusher.max_request_bytes", raw.flusher.max_request_bytes)?,
         request_timeout: raw.flusher.request_timeout,
+        concurrency: nonzero("flusher.concurrency", raw.flusher.concurrency)?,
         dead_letter_path: raw
             .flusher
             .dead_letter_path

@@ -10,7 +10,7 @@
 
 use crate::config::FlusherSettings;
 use crate::core::events::UserEvent;
-use crate::core::payload::{endpoint_for_region, render, Client};
+use crate::core::payload::{endpoint_for_region, render, Client, RenderedBatch};
 use crate::metrics::Metrics;
 use crate::service::events::from_record;
 use backends::queue::AckToken;
@@ -68,6 +68,11 @@ impl DeadLetter {
 
 /// The flusher worker.
 pub struct Flusher {
+    inner: Arc<Inner>,
+}
+
+/// What the receiving loop and the delivering tasks share.
+struct Inner {
     queue: Arc<dyn EventQueue>,
     settings: FlusherSettings,
     endpoint: Option<url::Url>,
@@ -81,6 +86,9 @@ pub struct Flusher {
 #[error("cannot build the HTTP client: {0}")]
 pub struct FlusherError(String);
 
+/// How often the queue depth gauge is refreshed (asking Kafka costs round trips).
+const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Flusher {
     /// A flusher over `queue`, posting to `endpoint` (or each event's regional endpoint).
     pub fn new(
@@ -91,35 +99,45 @@ impl Flusher {
     ) -> Result<Self, FlusherError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
-            .pool_max_idle_per_host(16)
+            .pool_max_idle_per_host(settings.concurrency.max(1) * 2)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| FlusherError(e.to_string()))?;
         let dead_letter = DeadLetter::new(settings.dead_letter_path.clone());
         Ok(Self {
-            queue,
-            settings,
-            endpoint,
-            http,
-            metrics,
-            dead_letter,
+            inner: Arc::new(Inner {
+                queue,
+                settings,
+                endpoint,
+                http,
+                metrics,
+                dead_letter,
+            }),
         })
     }
 
-    /// Runs until cancelled; a batch in flight is finished (delivered or released) first.
+    /// Runs until cancelled. Up to `concurrency` batches are delivered at once while the next
+    /// one is received; on cancel, batches in flight are finished (delivered or released).
     pub async fn run(self, cancel: CancellationToken) {
+        let inner = self.inner;
+        let depth = tokio::spawn(Inner::watch_depth(Arc::clone(&inner), cancel.clone()));
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut failures = 0u32;
         loop {
-            if cancel.is_cancelled() {
-                return;
+            while in_flight.try_join_next().is_some() {}
+            while in_flight.len() >= inner.settings.concurrency {
+                in_flight.join_next().await;
             }
-            let batch = match self.collect(&cancel).await {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let batch = match inner.collect(&cancel).await {
                 Ok(b) => b,
                 Err(e) => {
                     failures += 1;
-                    let wait = self.backoff(failures);
-                    tracing::warn!(backend = self.queue.backend(), error = %e, ?wait, "cannot receive from the event queue");
-                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(wait) => {} }
+                    let wait = inner.backoff(failures);
+                    tracing::warn!(backend = inner.queue.backend(), error = %e, ?wait, "cannot receive from the event queue");
+                    tokio::select! { _ = cancel.cancelled() => break, _ = tokio::time::sleep(wait) => {} }
                     continue;
                 }
             };
@@ -127,9 +145,27 @@ impl Flusher {
             if batch.is_empty() {
                 continue;
             }
-            self.flush_batch(batch, &cancel).await;
+            let task = Arc::clone(&inner);
+            let task_cancel = cancel.clone();
+            in_flight.spawn(async move { task.flush_batch(batch, &task_cancel).await });
+        }
+        while in_flight.join_next().await.is_some() {}
+        let _ = depth.await;
+    }
+}
+
+impl Inner {
+    /// Refreshes the queue depth gauge every [`DEPTH_INTERVAL`] until cancelled.
+    async fn watch_depth(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
             if let Ok(Some(depth)) = self.queue.depth().await {
-                self.metrics.queue_depth.set(depth as i64);
+                self.metrics
+                    .queue_depth
+                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DEPTH_INTERVAL) => {}
             }
         }
     }
@@ -187,39 +223,19 @@ impl Flusher {
             }
         }
         if !poison.is_empty() {
-            tracing::error!(count = poison.len(), error = %poison[0].1, "undecodable queue records moved to the dead letter");
-            let lines: Vec<String> = poison
-                .iter()
-                .map(|(d, _)| String::from_utf8_lossy(&d.record.value).into_owned())
-                .collect();
-            let path = self
-                .settings
-                .dead_letter_path
-                .with_extension("undecodable.jsonl");
-            if let Err(e) = append_lines(&path, &lines) {
-                tracing::error!(error = %e, "cannot write the dead letter; leaving records in the queue");
-                let t: Vec<AckToken> = poison.iter().map(|(d, _)| d.token.clone()).collect();
-                let _ = self.queue.release(&t).await;
-            } else {
-                self.metrics
-                    .flusher_dead_lettered
-                    .inc_by(poison.len() as u64);
-                let t: Vec<AckToken> = poison.iter().map(|(d, _)| d.token.clone()).collect();
-                let _ = self.queue.ack(&t).await;
-            }
+            self.dead_letter_undecodable(poison).await;
         }
-        let version = env!("CARGO_PKG_VERSION");
         let client = Client {
             name: CLIENT_NAME,
-            version,
+            version: env!("CARGO_PKG_VERSION"),
         };
         let mut done: Vec<usize> = Vec::with_capacity(events.len());
         let mut undelivered: Vec<usize> = Vec::new();
         for group in render(&events, &client) {
-            let indexes = group.events.clone();
-            match self.deliver_group(&events, &indexes, &client, cancel).await {
-                true => done.extend(indexes),
-                false => undelivered.extend(indexes),
+            let delivered = self.deliver_group(&events, group, &client, cancel).await;
+            match delivered {
+                Ok(indexes) => done.extend(indexes),
+                Err(indexes) => undelivered.extend(indexes),
             }
         }
         let ack: Vec<AckToken> = done.iter().map(|&i| tokens[i].clone()).collect();
@@ -234,47 +250,78 @@ impl Flusher {
         }
     }
 
-    /// Delivers the events at `indexes` (one context): returns true when every event was either
-    /// accepted or dead-lettered, false when shutting down first.
+    /// Records that are not events at all go to `<dead letter>.undecodable.jsonl` as they are.
+    async fn dead_letter_undecodable(&self, poison: Vec<(backends::Delivery, serde_json::Error)>) {
+        tracing::error!(count = poison.len(), error = %poison[0].1, "undecodable queue records moved to the dead letter");
+        let lines: Vec<String> = poison
+            .iter()
+            .map(|(d, _)| String::from_utf8_lossy(&d.record.value).into_owned())
+            .collect();
+        let path = self
+            .settings
+            .dead_letter_path
+            .with_extension("undecodable.jsonl");
+        let tokens: Vec<AckToken> = poison.into_iter().map(|(d, _)| d.token).collect();
+        if let Err(e) = append_lines(&path, &lines) {
+            tracing::error!(error = %e, "cannot write the dead letter; leaving records in the queue");
+            let _ = self.queue.release(&tokens).await;
+        } else {
+            self.metrics
+                .flusher_dead_lettered
+                .inc_by(tokens.len() as u64);
+            let _ = self.queue.ack(&tokens).await;
+        }
+    }
+
+    /// Delivers one rendered group (one context). `Ok` with the indexes of `events` that were
+    /// accepted or dead-lettered; `Err` with all of the group's indexes when shutting down first.
     async fn deliver_group(
         &self,
         events: &[UserEvent],
-        indexes: &[usize],
+        group: RenderedBatch<'_>,
         client: &Client<'_>,
         cancel: &CancellationToken,
-    ) -> bool {
-        let mut stack: Vec<Vec<usize>> = vec![indexes.to_vec()];
-        while let Some(part) = stack.pop() {
-            let subset: Vec<UserEvent> = part.iter().map(|&i| events[i].clone()).collect();
-            let rendered = render(&subset, client);
-            let Some(batch) = rendered.first() else {
-                continue;
-            };
-            let body = match serde_json::to_vec(&batch.batch) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot render a payload");
-                    continue;
+    ) -> Result<Vec<usize>, Vec<usize>> {
+        let url = match &self.endpoint {
+            Some(u) => u.to_string(),
+            None => endpoint_for_region(&group.context.region).to_string(),
+        };
+        // The whole group is rendered once; only a payload over the size cap or one the
+        // endpoint rejects is split (into halves, rendered again from the shared events).
+        let first = serde_json::to_vec(&group.batch);
+        let all = group.events;
+        let mut stack: Vec<(Vec<usize>, Option<Vec<u8>>)> = vec![(all.clone(), first.ok())];
+        while let Some((part, body)) = stack.pop() {
+            let body = match body {
+                Some(b) => b,
+                None => {
+                    let rendered = render(part.iter().map(|&i| &events[i]), client);
+                    let Some(batch) = rendered.first() else {
+                        continue;
+                    };
+                    match serde_json::to_vec(&batch.batch) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot render a payload");
+                            continue;
+                        }
+                    }
                 }
             };
             if body.len() > self.settings.max_request_bytes && part.len() > 1 {
                 let (a, b) = part.split_at(part.len() / 2);
-                stack.push(b.to_vec());
-                stack.push(a.to_vec());
+                stack.push((b.to_vec(), None));
+                stack.push((a.to_vec(), None));
                 continue;
             }
-            let url = match &self.endpoint {
-                Some(u) => u.to_string(),
-                None => endpoint_for_region(&batch.context.region).to_string(),
-            };
-            match self.post(&url, body, part.len(), cancel).await {
+            match self.post(&url, body.into(), part.len(), cancel).await {
                 Outcome::Delivered => {}
-                Outcome::Cancelled => return false,
+                Outcome::Cancelled => return Err(all),
                 Outcome::Rejected { status, body } => {
                     if part.len() > 1 {
                         let (a, b) = part.split_at(part.len() / 2);
-                        stack.push(b.to_vec());
-                        stack.push(a.to_vec());
+                        stack.push((b.to_vec(), None));
+                        stack.push((a.to_vec(), None));
                     } else {
                         let bad: Vec<&UserEvent> = part.iter().map(|&i| &events[i]).collect();
                         let reason = format!(
@@ -284,7 +331,7 @@ impl Flusher {
                         tracing::error!(status, uuid = %bad[0].uuid, "event rejected by the endpoint; dead-lettered");
                         if let Err(e) = self.dead_letter.write(&bad, &reason) {
                             tracing::error!(error = %e, "cannot write the dead letter; the event stays queued");
-                            return false;
+                            return Err(all);
                         }
                         self.metrics.flusher_dead_lettered.inc();
                         self.metrics
@@ -295,13 +342,13 @@ impl Flusher {
                 }
             }
         }
-        true
+        Ok(all)
     }
 
     async fn post(
         &self,
         url: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         count: usize,
         cancel: &CancellationToken,
     ) -> Outcome {

@@ -72,6 +72,33 @@ async fn every_event_arrives_in_bulk_requests() {
     );
 }
 
+/// With `flusher.concurrency` batches in flight against a slow endpoint, the flusher posts that
+/// many at once (and never more), and still delivers everything exactly.
+async fn posts_in_flight(concurrency: usize) -> usize {
+    let n = 1_200;
+    let sink = Sink::start().await;
+    sink.delay_ms.store(150, Ordering::Relaxed);
+    let mut env = flusher_env(&sink);
+    env.push(("BUCKETD__FLUSHER__BATCH_SIZE", "100".into()));
+    env.push(("BUCKETD__FLUSHER__CONCURRENCY", concurrency.to_string()));
+    let app = spawn_app(&format!("events-concurrency-{concurrency}"), &env).await;
+    produce(&app.base, n, &format!("conc{concurrency}")).await;
+    let got = sink.wait_for(n, Duration::from_secs(60)).await;
+    assert_eq!(got, n, "every uuid arrives");
+    sink.max_in_flight.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_posted_concurrently_up_to_the_limit() {
+    let four = posts_in_flight(4).await;
+    assert!(
+        (2..=4).contains(&four),
+        "concurrency 4: {four} requests in flight at most"
+    );
+    let one = posts_in_flight(1).await;
+    assert_eq!(one, 1, "concurrency 1: one request at a time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
     let outage = std::env::var("BUCKETD_TEST_OUTAGE_SECS")

@@ -50,6 +50,7 @@ flush_interval = "1s"
 max_backoff = "60s"
 max_request_bytes = 3500000
 request_timeout = "10s"
+concurrency = 4
 "#;
 
 /// The configuration file's shape.
@@ -175,6 +176,7 @@ pub struct FlusherSection {
     pub max_request_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    pub concurrency: usize,
     #[serde(default)]
     pub dead_letter_path: Option<PathBuf>,
 }

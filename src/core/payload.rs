@@ -115,10 +115,14 @@ fn visitor(event: &UserEvent) -> Visitor<'_> {
     }
 }
 
-/// Groups `events` by context and renders one batch per group, in first-seen order.
-pub fn render<'a>(events: &'a [UserEvent], client: &Client<'a>) -> Vec<RenderedBatch<'a>> {
+/// Groups `events` by context and renders one batch per group, in first-seen order
+/// (`RenderedBatch::events` are positions in the iteration).
+pub fn render<'a, I>(events: I, client: &Client<'a>) -> Vec<RenderedBatch<'a>>
+where
+    I: IntoIterator<Item = &'a UserEvent>,
+{
     let mut out: Vec<RenderedBatch<'a>> = Vec::new();
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.into_iter().enumerate() {
         let pos = match out.iter().position(|b| *b.context == event.context) {
             Some(p) => p,
             None => {

@@ -31,6 +31,9 @@ pub struct Sink {
     pub requests: AtomicUsize,
     /// Delay before answering each request, in milliseconds (a slow endpoint).
     pub delay_ms: AtomicU64,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
 }
 
 impl Sink {
@@ -44,6 +47,8 @@ impl Sink {
             poison: Mutex::new(None),
             requests: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let s = sink.clone();
         tokio::spawn(async move {
@@ -71,6 +76,14 @@ impl Sink {
     }
 
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let response = self.answer(req).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        response
+    }
+
+    async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let body = req
             .into_body()
