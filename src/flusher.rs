@@ -6,13 +6,16 @@
 //! Records are acknowledged only after a 2xx (at-least-once; every event carries its uuid).
 //! 5xx, timeouts and connection errors are retried with exponential backoff and jitter, never
 //! acknowledged. A 4xx splits the batch to isolate the events the endpoint rejects; those go to
-//! the dead letter file (counted, logged at ERROR) and the rest are delivered.
+//! the queue's dead-letter topic/queue when one is configured (Kafka `dead_letter_topic`, SQS
+//! `dead_letter_queue`), else to the dead-letter file (counted, logged at ERROR either way),
+//! and the rest are delivered. SQS records in flight have their visibility extended for as
+//! long as their delivery takes.
 
 use crate::config::FlusherSettings;
 use crate::core::events::UserEvent;
 use crate::core::payload::{endpoint_for_region, render, Client, RenderedBatch};
 use crate::metrics::Metrics;
-use crate::service::events::from_record;
+use crate::service::events::{from_record, to_record};
 use backends::queue::AckToken;
 use backends::EventQueue;
 use std::io::Write;
@@ -121,6 +124,7 @@ impl Flusher {
     pub async fn run(self, cancel: CancellationToken) {
         let inner = self.inner;
         let depth = tokio::spawn(Inner::watch_depth(Arc::clone(&inner), cancel.clone()));
+        let hold = tokio::spawn(Inner::keep_held(Arc::clone(&inner), cancel.clone()));
         let mut in_flight = tokio::task::JoinSet::new();
         let mut failures = 0u32;
         loop {
@@ -151,6 +155,7 @@ impl Flusher {
         }
         while in_flight.join_next().await.is_some() {}
         let _ = depth.await;
+        let _ = hold.await;
     }
 }
 
@@ -166,6 +171,23 @@ impl Inner {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(DEPTH_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Keeps the records in flight held (SQS: visibility extended) for as long as they take,
+    /// so a long outage of the endpoint does not hand them to another flusher meanwhile.
+    async fn keep_held(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(every) = self.queue.hold_interval() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.queue.keep_held().await {
+                tracing::warn!(backend = self.queue.backend(), error = %e, "cannot extend the hold on records in flight; they may be delivered twice");
             }
         }
     }
@@ -250,19 +272,51 @@ impl Inner {
         }
     }
 
-    /// Records that are not events at all go to `<dead letter>.undecodable.jsonl` as they are.
+    /// Events the endpoint refused go to the queue's dead-letter topic/queue when it has one,
+    /// else to the dead-letter file.
+    async fn store_rejected(&self, events: &[&UserEvent], reason: &str) -> Result<(), String> {
+        if !self.queue.has_dead_letter() {
+            return self
+                .dead_letter
+                .write(events, reason)
+                .map_err(|e| e.to_string());
+        }
+        let records = events
+            .iter()
+            .map(|e| to_record(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        self.queue
+            .dead_letter(&records, reason)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Records that are not events at all go, as they are, to the queue's dead letter when it
+    /// has one, else to `<dead letter>.undecodable.jsonl`.
     async fn dead_letter_undecodable(&self, poison: Vec<(backends::Delivery, serde_json::Error)>) {
         tracing::error!(count = poison.len(), error = %poison[0].1, "undecodable queue records moved to the dead letter");
-        let lines: Vec<String> = poison
-            .iter()
-            .map(|(d, _)| String::from_utf8_lossy(&d.record.value).into_owned())
-            .collect();
-        let path = self
-            .settings
-            .dead_letter_path
-            .with_extension("undecodable.jsonl");
+        let reason = format!("undecodable record: {}", poison[0].1);
+        let stored = if self.queue.has_dead_letter() {
+            let records: Vec<backends::Record> =
+                poison.iter().map(|(d, _)| d.record.clone()).collect();
+            self.queue
+                .dead_letter(&records, &reason)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            let lines: Vec<String> = poison
+                .iter()
+                .map(|(d, _)| String::from_utf8_lossy(&d.record.value).into_owned())
+                .collect();
+            let path = self
+                .settings
+                .dead_letter_path
+                .with_extension("undecodable.jsonl");
+            append_lines(&path, &lines).map_err(|e| e.to_string())
+        };
         let tokens: Vec<AckToken> = poison.into_iter().map(|(d, _)| d.token).collect();
-        if let Err(e) = append_lines(&path, &lines) {
+        if let Err(e) = stored {
             tracing::error!(error = %e, "cannot write the dead letter; leaving records in the queue");
             let _ = self.queue.release(&tokens).await;
         } else {
@@ -329,7 +383,7 @@ impl Inner {
                             body.chars().take(500).collect::<String>()
                         );
                         tracing::error!(status, uuid = %bad[0].uuid, "event rejected by the endpoint; dead-lettered");
-                        if let Err(e) = self.dead_letter.write(&bad, &reason) {
+                        if let Err(e) = self.store_rejected(&bad, &reason).await {
                             tracing::error!(error = %e, "cannot write the dead letter; the event stays queued");
                             return Err(all);
                         }

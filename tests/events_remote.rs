@@ -175,6 +175,126 @@ async fn sqs_events_reach_the_endpoint_through_a_separate_flusher() {
     deliver_with_flusher_crash("sqs-e2e", env, n, None).await;
 }
 
+/// The daemon (with its in-process flusher) on a remote queue that has a dead letter of its own:
+/// events the endpoint refuses land there — exactly those — and the rest are delivered.
+async fn rejected_events_go_to_the_queue_dead_letter(
+    name: &str,
+    queue_env: Vec<(&'static str, String)>,
+    file: Option<&std::path::Path>,
+    dead_letter: backends::EventQueueConfig,
+) {
+    let sink = Sink::start().await;
+    *sink.poison.lock().unwrap() = Some("\"poison\":".into());
+    let mut env = queue_env;
+    env.extend([
+        ("BUCKETD__PROFILES__TYPE", "none".to_string()),
+        ("BUCKETD__FLUSHER__ENABLED", "true".into()),
+        ("BUCKETD__EVENTS__ENDPOINT", sink.url()),
+        ("BUCKETD__FLUSHER__BATCH_SIZE", "100".into()),
+        ("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms".into()),
+    ]);
+    let app = spawn_app_with_file(name, &env, file).await;
+    let n = 300;
+    produce(&app.base, n, name).await;
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let r = client
+            .post(app.url("/v1/track?eventKey=purchase"))
+            .json(&serde_json::json!({"userId": format!("bad-{i}"), "eventTags": {"poison": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    assert_eq!(sink.wait_for(n, Duration::from_secs(60)).await, n);
+
+    let dlq = dead_letter.build().await.unwrap();
+    let mut visitors = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while visitors.len() < 10 && std::time::Instant::now() < deadline {
+        for d in dlq.receive(100, Duration::from_secs(1)).await.unwrap() {
+            let event: serde_json::Value = serde_json::from_slice(&d.record.value).unwrap();
+            assert_eq!(event["visitor_id"], d.record.key.as_str());
+            visitors.insert(d.record.key.clone());
+            dlq.ack(&[d.token]).await.unwrap();
+        }
+    }
+    let want: std::collections::BTreeSet<String> = (0..10).map(|i| format!("bad-{i}")).collect();
+    assert_eq!(
+        visitors, want,
+        "exactly the rejected events are dead-lettered"
+    );
+    assert!(
+        !app.dir.join("dead-letter.jsonl").exists(),
+        "no dead-letter file when the queue has a dead letter"
+    );
+    assert_eq!(sink.received(), n, "no rejected event was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rejected_events_go_to_the_dead_letter_topic() {
+    let Some(brokers) = env_or_skip("BUCKETD_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let topic = unique("bucketd-dlq");
+    let dead_letter = format!("{topic}-dead-letter");
+    let env = vec![
+        ("BUCKETD__EVENTS__QUEUE__TYPE", "kafka".to_string()),
+        ("BUCKETD__EVENTS__QUEUE__BROKERS", brokers.clone()),
+        ("BUCKETD__EVENTS__QUEUE__TOPIC", topic.clone()),
+        (
+            "BUCKETD__EVENTS__QUEUE__GROUP_ID",
+            format!("{topic}-flusher"),
+        ),
+        (
+            "BUCKETD__EVENTS__QUEUE__DEAD_LETTER_TOPIC",
+            dead_letter.clone(),
+        ),
+    ];
+    let reader = serde_json::from_value(serde_json::json!({
+        "type": "kafka", "brokers": brokers, "topic": dead_letter, "create": false,
+        "group_id": format!("{topic}-reader"),
+        "properties": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "300"},
+    }))
+    .unwrap();
+    let file = kafka_config_file("kafka-dlq");
+    rejected_events_go_to_the_queue_dead_letter("kafka-dlq", env, Some(&file), reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_rejected_events_go_to_the_dead_letter_queue() {
+    let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+    let queue = unique("bucketd-dlq");
+    let dead_letter = format!("{queue}-dead-letter");
+    let env = vec![
+        ("BUCKETD__EVENTS__QUEUE__TYPE", "sqs".to_string()),
+        ("BUCKETD__EVENTS__QUEUE__QUEUE_NAME", queue),
+        ("BUCKETD__EVENTS__QUEUE__ENDPOINT_URL", endpoint.clone()),
+        ("BUCKETD__EVENTS__QUEUE__WAIT", "1s".into()),
+        (
+            "BUCKETD__EVENTS__QUEUE__DEAD_LETTER_QUEUE",
+            dead_letter.clone(),
+        ),
+    ];
+    let reader = serde_json::from_value(serde_json::json!({
+        "type": "sqs", "queue_name": dead_letter, "create": false,
+        "endpoint_url": endpoint, "wait": "1s",
+    }))
+    .unwrap();
+    rejected_events_go_to_the_queue_dead_letter("sqs-dlq", env, None, reader).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_spools_to_disk_and_forwards_later() {
     // Paused broker: noida-db (its own process group), so the other Kafka test on tansu runs

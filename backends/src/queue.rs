@@ -51,6 +51,31 @@ pub trait EventQueue: Send + Sync + 'static {
     async fn ack(&self, tokens: &[AckToken]) -> Result<(), BackendError>;
     /// Gives received records back for redelivery (e.g. on shutdown with a batch in flight).
     async fn release(&self, tokens: &[AckToken]) -> Result<(), BackendError>;
+    /// How often a receiver must call [`EventQueue::keep_held`] so the records it holds
+    /// (received, neither acked nor released) are not handed to another receiver; `None` when
+    /// holding never expires (disk: one process; Kafka: the consumer group's assignment).
+    fn hold_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Extends the hold on every record this receiver holds (SQS: their messages' visibility
+    /// timeout), so a batch that takes long to deliver (an endpoint outage) is not redelivered
+    /// elsewhere meanwhile.
+    async fn keep_held(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Whether this queue has a dead letter of its own (a Kafka topic, an SQS queue) for
+    /// records the event endpoint rejects; without one the flusher writes a dead-letter file.
+    fn has_dead_letter(&self) -> bool {
+        false
+    }
+    /// Stores rejected records durably in this backend's dead letter, with why.
+    async fn dead_letter(&self, records: &[Record], reason: &str) -> Result<(), BackendError> {
+        let _ = (records, reason);
+        Err(BackendError::fatal(
+            self.backend(),
+            "no dead-letter topic or queue configured",
+        ))
+    }
     /// Records waiting to be delivered, when the backend can tell.
     async fn depth(&self) -> Result<Option<u64>, BackendError>;
     /// Checks the queue answers.

@@ -281,6 +281,74 @@ async fn topic_creation(brokers: &str, server: &str) {
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
+async fn dead_letter_topic_keeps_records_and_reason(brokers: &str, server: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let plain = config(brokers, "nodlq", server, 1);
+    assert!(!KafkaQueue::connect(&plain).await.unwrap().has_dead_letter());
+    let mut cfg = config(brokers, "dlq", server, 2);
+    cfg.dead_letter_topic = Some(format!("{}-dead-letter", cfg.topic));
+    let q = KafkaQueue::connect(&cfg).await.unwrap();
+    assert!(q.has_dead_letter());
+    let rejected: Vec<Record> = (0..5).map(record).collect();
+    q.dead_letter(&rejected, "HTTP 400: bad event")
+        .await
+        .unwrap();
+
+    // Read the dead-letter topic as an operator would, straight from the broker.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{}-reader", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let dlq = cfg.dead_letter_topic.clone().unwrap();
+    for p in 0..2 {
+        tpl.add_partition_offset(&dlq, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < rejected.len() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let reason = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "bucketd-reason"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        got.push((
+            Record {
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: m.payload().unwrap_or_default().to_vec(),
+            },
+            reason,
+        ));
+    }
+    got.sort_by(|a, b| a.0.value.cmp(&b.0.value));
+    assert_eq!(got.len(), rejected.len(), "{server}: dead-lettered records");
+    for ((r, reason), want) in got.iter().zip(&rejected) {
+        assert_eq!(r, want, "{server}");
+        assert_eq!(reason.as_deref(), Some("HTTP 400: bad event"), "{server}");
+    }
+    // Nothing went to the events topic.
+    assert_drained(&q).await;
+
+    let missing = KafkaConfig {
+        create: false,
+        dead_letter_topic: Some(format!("{}-absent", cfg.topic)),
+        ..cfg.clone()
+    };
+    let Err(err) = KafkaQueue::connect(&missing).await else {
+        panic!("{server}: connected with a dead-letter topic that does not exist")
+    };
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
 async fn group_join_and_depth(brokers: &str, server: &str) {
     let cfg = config(brokers, "join", server, 1);
     let q = KafkaQueue::connect(&cfg).await.unwrap();
@@ -440,6 +508,7 @@ against!(
     out_of_order_acks_never_skip_a_record,
     release_makes_records_receivable_again,
     topic_creation,
+    dead_letter_topic_keeps_records_and_reason,
     group_join_and_depth,
     rebalance_redelivers_unacked_records_to_the_new_owner,
 );
@@ -452,6 +521,7 @@ against!(
     out_of_order_acks_never_skip_a_record,
     release_makes_records_receivable_again,
     topic_creation,
+    dead_letter_topic_keeps_records_and_reason,
     group_join_and_depth,
     rebalance_redelivers_unacked_records_to_the_new_owner,
 );

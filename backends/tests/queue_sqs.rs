@@ -273,6 +273,123 @@ async fn unacked_records_come_back_after_a_restart() {
 }
 
 #[tokio::test]
+async fn keep_held_stops_other_receivers_from_getting_records_in_flight() {
+    let ep = endpoint_or_skip!("keep_held_stops_other_receivers_from_getting_records_in_flight");
+    let mut cfg = config(&ep, "hold");
+    cfg.visibility_timeout = Duration::from_secs(2);
+    let holder = connect(&cfg).await.unwrap();
+    let other = connect(&cfg).await.unwrap();
+    let every = holder.hold_interval().expect("sqs holds expire");
+    assert!(every < cfg.visibility_timeout);
+    holder
+        .publish(&(0..50).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let got = receive_n(&holder, 50, 50, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 50);
+    // Three visibility timeouts long, the holder keeps extending: the other receiver gets nothing.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        holder.keep_held().await.unwrap();
+        let stolen = other.receive(50, every).await.unwrap();
+        assert!(
+            stolen.is_empty(),
+            "held records went to another receiver after {:?}",
+            t.elapsed()
+        );
+    }
+    // Once the holder stops extending (a crash), they come back to the other receiver.
+    drop(holder);
+    let again = receive_n(&other, 50, 50, Duration::from_secs(15)).await;
+    assert_eq!(
+        again.iter().map(index_of).collect::<BTreeSet<_>>(),
+        (0..50).collect()
+    );
+    other.ack(&tokens(&again)).await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letter_queue_keeps_records_and_reason() {
+    let ep = endpoint_or_skip!("dead_letter_queue_keeps_records_and_reason");
+    assert!(!connect(&config(&ep, "nodlq"))
+        .await
+        .unwrap()
+        .has_dead_letter());
+    let mut cfg = config(&ep, "dlq");
+    let dlq_name = format!("{}-dead-letter", cfg.queue_name.clone().unwrap());
+    cfg.dead_letter_queue = Some(dlq_name.clone());
+    let q = connect(&cfg).await.unwrap();
+    assert!(q.has_dead_letter());
+    let rejected: Vec<Record> = (0..5).map(record).collect();
+    q.dead_letter(&rejected, "HTTP 400: bad event")
+        .await
+        .unwrap();
+
+    // The reason travels as a message attribute (read with a plain SQS client)...
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(cfg.region.clone()))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "bucketd-tests",
+        ))
+        .endpoint_url(&ep)
+        .load()
+        .await;
+    let raw = aws_sdk_sqs::Client::new(&sdk);
+    let dlq_url = raw
+        .get_queue_url()
+        .queue_name(&dlq_name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let got = raw
+        .receive_message()
+        .queue_url(&dlq_url)
+        .message_attribute_names("All")
+        .visibility_timeout(0)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    let m = &got.messages()[0];
+    let reason = m
+        .message_attributes()
+        .and_then(|a| a.get("bucketd-reason"))
+        .and_then(|v| v.string_value());
+    assert_eq!(reason, Some("HTTP 400: bad event"));
+    // ...and the records, in the usual packed body, read back by a queue over the DLQ.
+    let reader = connect(&SqsConfig {
+        queue_url: Some(dlq_url),
+        ..config(&ep, "dlq-reader")
+    })
+    .await
+    .unwrap();
+    let back = receive_n(&reader, 5, 10, Duration::from_secs(10)).await;
+    let mut records: Vec<Record> = back.iter().map(|d| d.record.clone()).collect();
+    records.sort_by(|a, b| a.value.cmp(&b.value));
+    assert_eq!(records, rejected);
+    // Nothing went to the events queue.
+    assert!(receive_n(&q, 1, 1, Duration::from_secs(2)).await.is_empty());
+
+    let missing = connect(&SqsConfig {
+        create: false,
+        dead_letter_queue: Some(format!("{dlq_name}-absent")),
+        ..cfg.clone()
+    })
+    .await;
+    let Err(err) = missing else {
+        panic!("connected with a dead-letter queue that does not exist")
+    };
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[tokio::test]
 async fn release_makes_records_receivable_again() {
     let ep = endpoint_or_skip!("release_makes_records_receivable_again");
     let q = connect(&config(&ep, "release")).await.unwrap(); // 60 s visibility

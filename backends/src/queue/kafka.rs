@@ -21,6 +21,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -30,6 +31,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
 
 const BACKEND: &str = "kafka";
+
+/// Header carrying why a dead-lettered record was rejected.
+pub const REASON_HEADER: &str = "bucketd-reason";
 
 /// Default topic.
 pub const DEFAULT_TOPIC: &str = "bucketd-events";
@@ -87,6 +91,11 @@ pub struct KafkaConfig {
     /// Replication factor of a created topic; -1 asks for the broker's default.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Topic for events the endpoint rejects (created like `topic` when `create`); unset: the
+    /// flusher's dead-letter file. Records keep their key and value; the reason is in the
+    /// `bucketd-reason` header.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 impl KafkaConfig {
@@ -100,6 +109,7 @@ impl KafkaConfig {
             create: true,
             partitions: DEFAULT_PARTITIONS,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
+            dead_letter_topic: None,
         }
     }
 
@@ -288,6 +298,50 @@ impl ConsumerContext for TrackingContext {
 }
 
 impl KafkaQueue {
+    /// Produces `records` to `topic` (with a `bucketd-reason` header when given) and waits
+    /// until every one is acknowledged by all in-sync replicas.
+    async fn produce(
+        &self,
+        topic: &str,
+        records: &[Record],
+        reason: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
+            let mut rec = FutureRecord::to(topic)
+                .key(r.key.as_str())
+                .payload(r.value.as_slice());
+            if let Some(reason) = reason {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: REASON_HEADER,
+                    value: Some(reason),
+                }));
+            }
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // librdkafka's local queue is full: let deliveries drain it.
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((e, _)) => return Err(kafka_err(e)),
+                }
+            }
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka_err(e)),
+                Err(_) => return Err(BackendError::unavailable(BACKEND, "producer closed")),
+            }
+        }
+        Ok(())
+    }
+
     /// Builds the producer, creates the topic when `config.create` (an existing topic is fine)
     /// and checks that the topic exists.
     pub async fn connect(config: &KafkaConfig) -> Result<Self, BackendError> {
@@ -309,10 +363,16 @@ impl KafkaQueue {
             .create_with_context(LogContext)
             .map_err(|e| BackendError::fatal(BACKEND, format!("producer config: {e}")))?;
 
+        let topics = std::iter::once(&config.topic).chain(&config.dead_letter_topic);
         if config.create {
-            create_topic(config).await?;
+            for topic in topics.clone() {
+                create_topic(config, topic).await?;
+            }
         }
-        let partitions = wait_for_topic(config, producer.clone()).await?;
+        let mut partitions = 0;
+        for topic in topics {
+            partitions = partitions.max(wait_for_topic(config, topic, producer.clone()).await?);
+        }
         tracing::info!(backend = BACKEND, topic = %config.topic, partitions, "kafka queue connected");
 
         Ok(Self {
@@ -452,13 +512,13 @@ impl Drop for KafkaQueue {
     }
 }
 
-async fn create_topic(config: &KafkaConfig) -> Result<(), BackendError> {
+async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<(), BackendError> {
     let admin: AdminClient<LogContext> = config
         .client_config(&[])
         .create_with_context(LogContext)
         .map_err(|e| BackendError::fatal(BACKEND, format!("admin client config: {e}")))?;
     let topic = NewTopic::new(
-        &config.topic,
+        topic,
         config.partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
@@ -491,9 +551,10 @@ async fn create_topic(config: &KafkaConfig) -> Result<(), BackendError> {
 /// Waits until the topic shows up in metadata with partitions; returns how many.
 async fn wait_for_topic(
     config: &KafkaConfig,
+    topic: &str,
     producer: FutureProducer<LogContext>,
 ) -> Result<usize, BackendError> {
-    let topic = config.topic.clone();
+    let topic = topic.to_owned();
     let create = config.create;
     blocking(move || {
         use rdkafka::producer::Producer;
@@ -607,34 +668,21 @@ impl EventQueue for KafkaQueue {
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), BackendError> {
-        let mut deliveries = Vec::with_capacity(records.len());
-        for r in records {
-            let mut rec = FutureRecord::to(&self.config.topic)
-                .key(r.key.as_str())
-                .payload(r.value.as_slice());
-            loop {
-                match self.producer.send_result(rec) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // librdkafka's local queue is full: let deliveries drain it.
-                        rec = back;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err((e, _)) => return Err(kafka_err(e)),
-                }
-            }
-        }
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka_err(e)),
-                Err(_) => return Err(BackendError::unavailable(BACKEND, "producer closed")),
-            }
-        }
-        Ok(())
+        self.produce(&self.config.topic, records, None).await
+    }
+
+    fn has_dead_letter(&self) -> bool {
+        self.config.dead_letter_topic.is_some()
+    }
+
+    async fn dead_letter(&self, records: &[Record], reason: &str) -> Result<(), BackendError> {
+        let Some(topic) = &self.config.dead_letter_topic else {
+            return Err(BackendError::fatal(
+                BACKEND,
+                "no dead_letter_topic configured",
+            ));
+        };
+        self.produce(topic, records, Some(reason)).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError> {

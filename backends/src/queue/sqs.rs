@@ -20,8 +20,8 @@ use crate::queue::{AckToken, Delivery, EventQueue, Record};
 use crate::BackendError;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use base64::Engine as _;
@@ -31,6 +31,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 const BACKEND: &str = "sqs";
+
+/// Message attribute carrying why dead-lettered records were rejected.
+pub const REASON_ATTRIBUTE: &str = "bucketd-reason";
 
 /// Default region.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -92,6 +95,11 @@ pub struct SqsConfig {
     /// Longest long poll of one `ReceiveMessage` (at most 20 s).
     #[serde(default = "default_wait", with = "humantime_serde")]
     pub wait: Duration,
+    /// Queue (a name, created when `create`, or a URL) for events the endpoint rejects; unset:
+    /// the flusher's dead-letter file. Messages use the same packed body; the reason is the
+    /// `bucketd-reason` message attribute.
+    #[serde(default)]
+    pub dead_letter_queue: Option<String>,
 }
 
 impl SqsConfig {
@@ -105,6 +113,7 @@ impl SqsConfig {
             create: true,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             wait: DEFAULT_WAIT,
+            dead_letter_queue: None,
         }
     }
 }
@@ -113,6 +122,7 @@ impl SqsConfig {
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
+    dead_letter_url: Option<String>,
     visibility_secs: i32,
     max_wait: Duration,
     state: Mutex<State>,
@@ -201,6 +211,31 @@ impl State {
     }
 }
 
+/// The URL of the queue named `name`, creating it when `create`.
+async fn queue_url_of(
+    client: &Client,
+    name: &str,
+    create: bool,
+    visibility_secs: i32,
+) -> Result<String, BackendError> {
+    if create {
+        return create_queue(client, name, visibility_secs).await;
+    }
+    match client.get_queue_url().queue_name(name).send().await {
+        Ok(out) => Ok(out.queue_url().map(str::to_owned).unwrap_or_default()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_queue_does_not_exist()) =>
+        {
+            Err(BackendError::fatal(
+                BACKEND,
+                format!("queue {name} does not exist (and create = false)"),
+            ))
+        }
+        Err(e) => Err(sdk_err("GetQueueUrl", e)),
+    }
+}
+
 impl SqsQueue {
     /// Connects with the standard AWS configuration chain and `config.region`.
     pub async fn connect(config: &SqsConfig) -> Result<Self, BackendError> {
@@ -236,25 +271,17 @@ impl SqsQueue {
 
         let queue_url = match (&config.queue_url, &config.queue_name) {
             (Some(url), _) => url.clone(),
-            (None, Some(name)) if config.create => {
-                create_queue(&client, name, visibility_secs).await?
+            (None, Some(name)) => {
+                queue_url_of(&client, name, config.create, visibility_secs).await?
             }
-            (None, Some(name)) => match client.get_queue_url().queue_name(name).send().await {
-                Ok(out) => out.queue_url().map(str::to_owned).unwrap_or_default(),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_queue_does_not_exist()) =>
-                {
-                    return Err(BackendError::fatal(
-                        BACKEND,
-                        format!("queue {name} does not exist (and create = false)"),
-                    ));
-                }
-                Err(e) => return Err(sdk_err("GetQueueUrl", e)),
-            },
             (None, None) => {
                 return Err(BackendError::fatal(BACKEND, "set queue_name or queue_url"));
             }
+        };
+        let dead_letter_url = match &config.dead_letter_queue {
+            Some(q) if q.starts_with("https://") || q.starts_with("http://") => Some(q.clone()),
+            Some(name) => Some(queue_url_of(&client, name, config.create, visibility_secs).await?),
+            None => None,
         };
         if queue_url.is_empty() {
             return Err(BackendError::fatal(BACKEND, "SQS returned no queue URL"));
@@ -262,6 +289,7 @@ impl SqsQueue {
         let queue = Self {
             client,
             queue_url,
+            dead_letter_url,
             visibility_secs,
             max_wait: config.wait,
             state: Mutex::default(),
@@ -283,27 +311,47 @@ impl SqsQueue {
     }
 
     /// Sends packed bodies, at most 10 and 256 KiB per call.
-    async fn send_bodies(&self, bodies: Vec<String>) -> Result<(), BackendError> {
+    async fn send_bodies(
+        &self,
+        queue_url: &str,
+        bodies: Vec<String>,
+        reason: Option<&str>,
+    ) -> Result<(), BackendError> {
         let mut call: Vec<String> = Vec::new();
         let mut call_bytes = 0;
         for body in bodies {
             if !call.is_empty()
                 && (call.len() == MAX_BATCH_ENTRIES || call_bytes + body.len() > MAX_BODY_BYTES)
             {
-                self.send_batch(std::mem::take(&mut call)).await?;
+                self.send_batch(queue_url, std::mem::take(&mut call), reason)
+                    .await?;
                 call_bytes = 0;
             }
             call_bytes += body.len();
             call.push(body);
         }
         if !call.is_empty() {
-            self.send_batch(call).await?;
+            self.send_batch(queue_url, call, reason).await?;
         }
         Ok(())
     }
 
     /// One `SendMessageBatch`, retrying the entries that failed on the server's side.
-    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), BackendError> {
+    async fn send_batch(
+        &self,
+        queue_url: &str,
+        bodies: Vec<String>,
+        reason: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let reason = reason
+            .map(|r| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(r)
+                    .build()
+            })
+            .transpose()
+            .map_err(|e| BackendError::fatal(BACKEND, e))?;
         let mut pending: Vec<(String, String)> = bodies
             .into_iter()
             .enumerate()
@@ -313,17 +361,21 @@ impl SqsQueue {
             let entries = pending
                 .iter()
                 .map(|(id, body)| {
-                    SendMessageBatchRequestEntry::builder()
+                    let entry = SendMessageBatchRequestEntry::builder()
                         .id(id)
-                        .message_body(body)
-                        .build()
+                        .message_body(body);
+                    match &reason {
+                        Some(r) => entry.message_attributes(REASON_ATTRIBUTE, r.clone()),
+                        None => entry,
+                    }
+                    .build()
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| BackendError::fatal(BACKEND, e))?;
             let out = self
                 .client
                 .send_message_batch()
-                .queue_url(&self.queue_url)
+                .queue_url(queue_url)
                 .set_entries(Some(entries))
                 .send()
                 .await
@@ -429,6 +481,11 @@ impl SqsQueue {
 
     /// Makes messages visible again at once.
     async fn reappear(&self, receipts: Vec<String>) -> Result<(), BackendError> {
+        self.set_visibility(receipts, 0).await
+    }
+
+    /// Sets the visibility timeout of received messages to `secs` from now.
+    async fn set_visibility(&self, receipts: Vec<String>, secs: i32) -> Result<(), BackendError> {
         for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
             let entries = chunk
                 .iter()
@@ -437,7 +494,7 @@ impl SqsQueue {
                     ChangeMessageVisibilityBatchRequestEntry::builder()
                         .id(i.to_string())
                         .receipt_handle(r)
-                        .visibility_timeout(0)
+                        .visibility_timeout(secs)
                         .build()
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -451,11 +508,13 @@ impl SqsQueue {
                 .await
                 .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
             if !out.failed().is_empty() {
-                // They come back after the visibility timeout instead.
+                // Made visible: they come back after the visibility timeout instead. Extended:
+                // another receiver may get them (delivered twice, never lost).
                 tracing::warn!(
                     backend = BACKEND,
                     failed = out.failed().len(),
-                    "messages not made visible"
+                    visibility_secs = secs,
+                    "message visibility not changed"
                 );
             }
         }
@@ -473,7 +532,7 @@ impl SqsQueue {
                 Resolution::Delete { receipt } => delete.push(receipt),
                 Resolution::Reappear { receipt } => reappear.push(receipt),
                 Resolution::Resend { receipt, records } => match pack(&records) {
-                    Ok(bodies) => match self.send_bodies(bodies).await {
+                    Ok(bodies) => match self.send_bodies(&self.queue_url, bodies, None).await {
                         Ok(()) => delete.push(receipt),
                         // The old message comes back after the visibility timeout, acked
                         // records included: a duplicate, never a loss.
@@ -659,6 +718,25 @@ where
 
 #[async_trait::async_trait]
 impl EventQueue for SqsQueue {
+    fn hold_interval(&self) -> Option<Duration> {
+        // A third of the visibility timeout: two extensions may fail before a message shows.
+        let secs = u64::try_from(self.visibility_secs).unwrap_or(0).max(3);
+        Some(Duration::from_secs(secs) / 3)
+    }
+
+    async fn keep_held(&self) -> Result<(), BackendError> {
+        let receipts: Vec<String> = self
+            .state()
+            .messages
+            .values()
+            .map(|m| m.receipt.clone())
+            .collect();
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        self.set_visibility(receipts, self.visibility_secs).await
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -667,7 +745,24 @@ impl EventQueue for SqsQueue {
         if records.is_empty() {
             return Ok(());
         }
-        self.send_bodies(pack(records)?).await
+        self.send_bodies(&self.queue_url, pack(records)?, None)
+            .await
+    }
+
+    fn has_dead_letter(&self) -> bool {
+        self.dead_letter_url.is_some()
+    }
+
+    async fn dead_letter(&self, records: &[Record], reason: &str) -> Result<(), BackendError> {
+        let Some(url) = &self.dead_letter_url else {
+            return Err(BackendError::fatal(
+                BACKEND,
+                "no dead_letter_queue configured",
+            ));
+        };
+        // An SQS message attribute value is at most 256 KiB with the body; keep it short.
+        let reason: String = reason.chars().take(1000).collect();
+        self.send_bodies(url, pack(records)?, Some(&reason)).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError> {
