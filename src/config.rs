@@ -140,6 +140,8 @@ pub struct FlusherSettings {
     pub request_timeout: Duration,
     /// Batches delivered at the same time (the next batch is received while they post).
     pub concurrency: usize,
+    /// Where `bucketd flush` serves `/metrics` and `/health`; `None` when set to "".
+    pub metrics_listen: Option<SocketAddr>,
     pub dead_letter_path: PathBuf,
 }
 
@@ -243,6 +245,15 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         max_request_bytes: nonzero("flusher.max_request_bytes", raw.flusher.max_request_bytes)?,
         request_timeout: raw.flusher.request_timeout,
         concurrency: nonzero("flusher.concurrency", raw.flusher.concurrency)?,
+        metrics_listen: match raw.flusher.metrics_listen.trim() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|e| {
+                invalid(
+                    "flusher.metrics_listen",
+                    format!("{e} (expected host:port, or \"\" for none)"),
+                )
+            })?),
+        },
         dead_letter_path: raw
             .flusher
             .dead_letter_path
@@ -360,6 +371,22 @@ pub fn parse_http_url(key: &str, s: &str) -> Result<url::Url, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flusher_status_endpoint_and_concurrency() {
+        let s = load(None, &env(&[])).unwrap();
+        assert_eq!(
+            s.flusher.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9091")
+        );
+        assert_eq!(s.flusher.concurrency, 4);
+        let off = load(None, &env(&[("BUCKETD__FLUSHER__METRICS_LISTEN", "")])).unwrap();
+        assert_eq!(off.flusher.metrics_listen, None);
+        let bad = load(None, &env(&[("BUCKETD__FLUSHER__METRICS_LISTEN", "nine")])).unwrap_err();
+        assert!(bad.to_string().contains("flusher.metrics_listen"), "{bad}");
+        let zero = load(None, &env(&[("BUCKETD__FLUSHER__CONCURRENCY", "0")])).unwrap_err();
+        assert!(zero.to_string().contains("flusher.concurrency"), "{zero}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -8,6 +8,7 @@ mod agent;
 mod bucketer;
 pub mod error;
 pub mod params;
+pub mod status;
 
 use crate::config::Secret;
 use crate::service::Service;

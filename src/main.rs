@@ -232,13 +232,28 @@ fn on_termination() -> tokio_util::sync::CancellationToken {
 async fn flush(settings: config::Settings) -> anyhow::Result<()> {
     let queue = settings.events.queue.build().await.context("event queue")?;
     let metrics = std::sync::Arc::new(bucketd::metrics::Metrics::new());
+    let cancel = on_termination();
+    if let Some(addr) = settings.flusher.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("flusher.metrics_listen: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "flusher metrics and health at /metrics, /health");
+        let status = std::sync::Arc::new(bucketd::http::status::Status {
+            metrics: metrics.clone(),
+            queue: queue.clone(),
+        });
+        tokio::spawn(bucketd::http::status::serve(
+            listener,
+            status,
+            cancel.clone(),
+        ));
+    }
     let flusher = bucketd::flusher::Flusher::new(
         queue,
         settings.flusher.clone(),
         settings.events.endpoint.clone(),
         metrics,
     )?;
-    let cancel = on_termination();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!("flusher running");
     let grace = settings.server.shutdown_grace;

@@ -52,13 +52,28 @@ fn kafka_config_file(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A `bucketd flush` process with the given queue settings.
+/// A free local port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `bucketd flush` process with the given queue settings, its status endpoint on
+/// `status_port` (0: none).
 fn spawn_flusher(
     dir: &std::path::Path,
     queue_env: &[(&str, String)],
     sink: &Sink,
     file: Option<&std::path::Path>,
+    status_port: u16,
 ) -> std::process::Child {
+    let metrics_listen = match status_port {
+        0 => String::new(),
+        p => format!("127.0.0.1:{p}"),
+    };
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bucketd"));
     if let Some(f) = file {
         cmd.arg("--config").arg(f);
@@ -70,6 +85,7 @@ fn spawn_flusher(
         .env("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms")
         .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms")
         .env("BUCKETD__LOG__LEVEL", "warn")
+        .env("BUCKETD__FLUSHER__METRICS_LISTEN", metrics_listen)
         .stdout(std::process::Stdio::null());
     for (k, v) in queue_env {
         cmd.env(k, v);
@@ -91,7 +107,7 @@ async fn deliver_with_flusher_crash(
     daemon_env.push(("BUCKETD__PROFILES__TYPE", "none".into()));
     let app = spawn_app_with_file(name, &daemon_env, file).await;
     let dir = common::scratch(&format!("{name}-flusher"));
-    let mut flusher = spawn_flusher(&dir, &queue_env, &sink, file);
+    let mut flusher = spawn_flusher(&dir, &queue_env, &sink, file, 0);
     produce(&app.base, n, name).await;
     sink.wait_for(n / 4, Duration::from_secs(120)).await;
     flusher.kill().unwrap(); // SIGKILL mid-run
@@ -102,8 +118,33 @@ async fn deliver_with_flusher_crash(
         "the kill should interrupt the flush ({before} of {n} delivered)"
     );
     sink.delay_ms.store(0, Ordering::Relaxed);
-    let mut flusher = spawn_flusher(&dir, &queue_env, &sink, file);
+    let status_port = free_port();
+    let mut flusher = spawn_flusher(&dir, &queue_env, &sink, file, status_port);
     let got = sink.wait_for(n, Duration::from_secs(180)).await;
+    // The standalone flusher reports on its own status endpoint.
+    let status = format!("http://127.0.0.1:{status_port}");
+    let metrics = reqwest::get(format!("{status}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("bucketd_flusher_events_total{outcome=\"delivered\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no delivered counter in:\n{metrics}"));
+    assert!(
+        delivered >= (n - before) as f64,
+        "the restarted flusher counts what it delivered: {delivered} < {}",
+        n - before
+    );
+    let health = reqwest::get(format!("{status}/health")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let missing = reqwest::get(format!("{status}/nope")).await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    assert!(missing.text().await.unwrap().contains("\"error\""));
     let _ = flusher.kill();
     let _ = flusher.wait();
     assert_eq!(
@@ -358,7 +399,7 @@ async fn kafka_outage_spools_to_disk_and_forwards_later() {
     );
     let sink = Sink::start().await;
     let dir = common::scratch("kafka-outage-flusher");
-    let mut flusher = spawn_flusher(&dir, &env, &sink, Some(&file));
+    let mut flusher = spawn_flusher(&dir, &env, &sink, Some(&file), 0);
     let got = sink.wait_for(n, Duration::from_secs(120)).await;
     let _ = flusher.kill();
     let _ = flusher.wait();

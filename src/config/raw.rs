@@ -51,6 +51,7 @@ max_backoff = "60s"
 max_request_bytes = 3500000
 request_timeout = "10s"
 concurrency = 4
+metrics_listen = "127.0.0.1:9091"
 "#;
 
 /// The configuration file's shape.
@@ -177,6 +178,7 @@ pub struct FlusherSection {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub concurrency: usize,
+    pub metrics_listen: String,
     #[serde(default)]
     pub dead_letter_path: Option<PathBuf>,
 }
