@@ -11,6 +11,7 @@ pub mod params;
 pub mod status;
 
 use crate::config::Secret;
+use crate::metrics::Route;
 use crate::service::Service;
 use bytes::Bytes;
 use error::ApiError;
@@ -119,10 +120,10 @@ async fn route(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> (&'static str, Result<Resp, ApiError>) {
+) -> (Route, Result<Resp, ApiError>) {
     if req.uri().query().map_or(0, str::len) > app.config.max_query_bytes {
         return (
-            "other",
+            Route::Other,
             Err(ApiError::UriTooLong(app.config.max_query_bytes)),
         );
     }
@@ -136,7 +137,7 @@ async fn route(
         }
     };
     macro_rules! handle {
-        ($name:literal, $method:expr, $call:expr) => {
+        ($name:expr, $method:expr, $call:expr) => {
             (
                 $name,
                 match expect($method) {
@@ -147,30 +148,34 @@ async fn route(
         };
     }
     match path.as_str() {
-        "/bucketer" => handle!("bucketer", Method::GET, bucketer::bucketer(&app, req, peer)),
-        "/v1/decide" => handle!("decide", Method::POST, agent::decide(&app, req)),
-        "/v1/activate" => handle!("activate", Method::POST, agent::activate(&app, req)),
-        "/v1/track" => handle!("track", Method::POST, agent::track(&app, req)),
+        "/bucketer" => handle!(
+            Route::Bucketer,
+            Method::GET,
+            bucketer::bucketer(&app, req, peer)
+        ),
+        "/v1/decide" => handle!(Route::Decide, Method::POST, agent::decide(&app, req)),
+        "/v1/activate" => handle!(Route::Activate, Method::POST, agent::activate(&app, req)),
+        "/v1/track" => handle!(Route::Track, Method::POST, agent::track(&app, req)),
         "/v1/override" => handle!(
-            "override",
+            Route::Override,
             Method::POST,
             agent::override_variation(&app, req)
         ),
-        "/v1/config" => handle!("config", Method::GET, agent::config(&app, req)),
-        "/v1/datafile" => handle!("datafile", Method::GET, agent::datafile(&app, req)),
-        "/v1/lookup" => handle!("lookup", Method::POST, agent::lookup(&app, req)),
-        "/v1/save" => handle!("save", Method::POST, agent::save(&app, req)),
-        "/webhooks/optimizely" => handle!("webhook", Method::POST, admin::webhook(&app, req)),
+        "/v1/config" => handle!(Route::Config, Method::GET, agent::config(&app, req)),
+        "/v1/datafile" => handle!(Route::Datafile, Method::GET, agent::datafile(&app, req)),
+        "/v1/lookup" => handle!(Route::Lookup, Method::POST, agent::lookup(&app, req)),
+        "/v1/save" => handle!(Route::Save, Method::POST, agent::save(&app, req)),
+        "/webhooks/optimizely" => handle!(Route::Webhook, Method::POST, admin::webhook(&app, req)),
         "/admin/datafile" => handle!(
-            "admin_datafile",
+            Route::AdminDatafile,
             Method::PUT,
             admin::push_datafile(&app, req)
         ),
-        "/health" => handle!("health", Method::GET, admin::health(&app)),
-        "/ready" => handle!("ready", Method::GET, admin::ready(&app)),
-        "/metrics" => handle!("metrics", Method::GET, admin::metrics(&app)),
+        "/health" => handle!(Route::Health, Method::GET, admin::health(&app)),
+        "/ready" => handle!(Route::Ready, Method::GET, admin::ready(&app)),
+        "/metrics" => handle!(Route::Metrics, Method::GET, admin::metrics(&app)),
         _ => (
-            "other",
+            Route::Other,
             Err(ApiError::NotFound(format!("no route for {path}"))),
         ),
     }
@@ -184,16 +189,13 @@ pub async fn handle(
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let metrics = app.service.metrics.clone();
-    let (route_name, result) = route(app, req, peer).await;
+    let (route, result) = route(app, req, peer).await;
     let resp = result.unwrap_or_else(|e| error_response(&e));
-    metrics
-        .http_requests
-        .with_label_values(&[route_name, resp.status().as_str()])
-        .inc();
-    metrics
-        .http_latency
-        .with_label_values(&[route_name])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.http_request(
+        route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(resp)
 }
 

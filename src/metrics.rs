@@ -2,9 +2,86 @@
 //! reason — never user ids, keys or attribute values.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The HTTP routes, as the `route` label knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Bucketer,
+    Decide,
+    Activate,
+    Track,
+    Override,
+    Config,
+    Datafile,
+    Lookup,
+    Save,
+    Webhook,
+    AdminDatafile,
+    Health,
+    Ready,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    /// Every route, in index order.
+    pub const ALL: [Route; 15] = [
+        Route::Bucketer,
+        Route::Decide,
+        Route::Activate,
+        Route::Track,
+        Route::Override,
+        Route::Config,
+        Route::Datafile,
+        Route::Lookup,
+        Route::Save,
+        Route::Webhook,
+        Route::AdminDatafile,
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    /// The `route` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Bucketer => "bucketer",
+            Route::Decide => "decide",
+            Route::Activate => "activate",
+            Route::Track => "track",
+            Route::Override => "override",
+            Route::Config => "config",
+            Route::Datafile => "datafile",
+            Route::Lookup => "lookup",
+            Route::Save => "save",
+            Route::Webhook => "webhook",
+            Route::AdminDatafile => "admin_datafile",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Per-route handles resolved once (a labelled lookup hashes and locks on every call, which
+/// showed up in request profiles).
+struct RouteHandles {
+    ok: IntCounter,
+    latency: Histogram,
+}
+
+/// The `decisions` counters the request path bumps, resolved once.
+pub struct DecisionCounters {
+    pub experiment_variation: IntCounter,
+    pub experiment_none: IntCounter,
+    pub flag_enabled: IntCounter,
+    pub flag_disabled: IntCounter,
+}
 
 /// Every metric bucketd exports.
 pub struct Metrics {
@@ -31,6 +108,9 @@ pub struct Metrics {
     pub flusher_dead_lettered: IntCounter,
     pub flusher_request_latency: HistogramVec,
     pub up: Gauge,
+    routes: Vec<RouteHandles>,
+    /// Pre-resolved `decisions` counters.
+    pub decision_counts: DecisionCounters,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -72,31 +152,48 @@ impl Metrics {
         let int_counter = |name: &str, help: &str| {
             IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric())
         };
+        let http_requests = register!(
+            r,
+            counter_vec(
+                "bucketd_http_requests_total",
+                "HTTP requests by route and status",
+                &["route", "status"]
+            )
+        );
+        let http_latency = register!(
+            r,
+            histogram(
+                "bucketd_http_request_duration_seconds",
+                "HTTP request latency by route",
+                &["route"]
+            )
+        );
+        let decisions = register!(
+            r,
+            counter_vec(
+                "bucketd_decisions_total",
+                "Decisions by kind and outcome",
+                &["kind", "outcome"]
+            )
+        );
+        let routes = Route::ALL
+            .iter()
+            .map(|r| RouteHandles {
+                ok: http_requests.with_label_values(&[r.name(), "200"]),
+                latency: http_latency.with_label_values(&[r.name()]),
+            })
+            .collect();
+        let d = |kind: &str, outcome: &str| decisions.with_label_values(&[kind, outcome]);
+        let decision_counts = DecisionCounters {
+            experiment_variation: d("experiment", "variation"),
+            experiment_none: d("experiment", "none"),
+            flag_enabled: d("flag", "enabled"),
+            flag_disabled: d("flag", "disabled"),
+        };
         Self {
-            http_requests: register!(
-                r,
-                counter_vec(
-                    "bucketd_http_requests_total",
-                    "HTTP requests by route and status",
-                    &["route", "status"]
-                )
-            ),
-            http_latency: register!(
-                r,
-                histogram(
-                    "bucketd_http_request_duration_seconds",
-                    "HTTP request latency by route",
-                    &["route"]
-                )
-            ),
-            decisions: register!(
-                r,
-                counter_vec(
-                    "bucketd_decisions_total",
-                    "Decisions by kind and outcome",
-                    &["kind", "outcome"]
-                )
-            ),
+            http_requests,
+            http_latency,
+            decisions,
             datafile_revision: register!(
                 r,
                 IntGaugeVec::new(
@@ -245,7 +342,26 @@ impl Metrics {
                     .unwrap_or_else(|_| unreachable_metric())
             ),
             registry: r,
+            routes,
+            decision_counts,
         }
+    }
+
+    /// Counts one HTTP request and its latency.
+    pub fn http_request(&self, route: Route, status: u16, seconds: f64) {
+        let Some(h) = self.routes.get(route as usize) else {
+            return;
+        };
+        if status == 200 {
+            h.ok.inc();
+        } else {
+            let digits = status_digits(status);
+            let status = std::str::from_utf8(&digits).unwrap_or("000");
+            self.http_requests
+                .with_label_values(&[route.name(), status])
+                .inc();
+        }
+        h.latency.observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -254,6 +370,16 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A 3-digit HTTP status as ASCII.
+fn status_digits(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }
 
 impl Default for Metrics {

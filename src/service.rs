@@ -203,10 +203,11 @@ impl Service {
         };
         let exp = &config.experiments[idx];
         let variation = v.map(|v| &exp.variations[v]);
-        self.metrics
-            .decisions
-            .with_label_values(&["experiment", if v.is_some() { "variation" } else { "none" }])
-            .inc();
+        let counts = &self.metrics.decision_counts;
+        match v {
+            Some(_) => counts.experiment_variation.inc(),
+            None => counts.experiment_none.inc(),
+        }
         self.finish(tracker, events).await;
         Ok(ExperimentAnswer {
             experiment_key: exp.key.clone(),
@@ -237,12 +238,12 @@ impl Service {
             decider.forced = overrides.as_deref().filter(|o| !o.is_empty());
             decider.decide(keys, options, tracker.as_mut(), &mut events, &mut Clock)
         };
-        for d in &decisions {
-            self.metrics
-                .decisions
-                .with_label_values(&["flag", if d.enabled { "enabled" } else { "disabled" }])
-                .inc();
-        }
+        let enabled = decisions.iter().filter(|d| d.enabled).count() as u64;
+        let counts = &self.metrics.decision_counts;
+        counts.flag_enabled.inc_by(enabled);
+        counts
+            .flag_disabled
+            .inc_by(decisions.len() as u64 - enabled);
         self.finish(tracker, events).await;
         Ok(decisions)
     }

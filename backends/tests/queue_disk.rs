@@ -194,10 +194,11 @@ async fn release_makes_records_receivable_again() {
     let mut expected = vec![1, 3, 5, 7, 9];
     expected.extend(10..20);
     assert_eq!(next, expected);
-    // Releasing something acked or unknown does nothing.
-    q.release(&[AckToken("0".into()), AckToken("12345".into())])
+    // Releasing something acked or unknown does nothing; a token that is not one is an error.
+    q.release(&[even[0].token.clone(), AckToken("12345:0".into())])
         .await
         .unwrap();
+    assert!(q.release(&[AckToken("garbage".into())]).await.is_err());
     assert!(q
         .receive(10, Duration::from_millis(20))
         .await
@@ -339,6 +340,101 @@ async fn full_queue_refuses_whole_batches_until_acks_free_room() {
     q.publish(&(0..70).map(record).collect::<Vec<_>>())
         .await
         .unwrap();
+}
+
+/// A queue file as bucketd wrote it before batching: table `records`, one entry per record,
+/// `[key length: u32 LE][key][value]`, and the byte counter in `meta`.
+fn write_legacy_file(dir: &Path, n: usize) {
+    let records: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("records");
+    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+    let db = redb::Database::create(dir.join(backends::queue::disk::FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(records).unwrap();
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let r = record(i);
+            let mut v = (r.key.len() as u32).to_le_bytes().to_vec();
+            v.extend_from_slice(r.key.as_bytes());
+            v.extend_from_slice(&r.value);
+            bytes += v.len() as u64 + 8;
+            t.insert(i as u64, v.as_slice()).unwrap();
+        }
+        txn.open_table(meta)
+            .unwrap()
+            .insert("bytes", bytes)
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_file_from_before_batching_is_converted() {
+    let dir = TempDir::new("legacy");
+    write_legacy_file(dir.path(), 2_500);
+    let q = open(dir.path());
+    assert_eq!(q.depth().await.unwrap(), Some(2_500));
+    let got = receive_n(&q, 2_500, 700).await;
+    let idx: Vec<usize> = got.iter().map(index_of).collect();
+    assert_eq!(
+        idx,
+        (0..2_500).collect::<Vec<_>>(),
+        "every record, in order"
+    );
+    assert_eq!(got[7].record, record(7));
+    q.ack(&tokens(&got[..1_000])).await.unwrap();
+    drop(q);
+    // Converted once: a reopen sees the batches, not the old records again.
+    let q = open(dir.path());
+    assert_eq!(q.depth().await.unwrap(), Some(1_500));
+    let rest = receive_n(&q, 2_500, 2_500).await;
+    assert_eq!(
+        rest.iter().map(index_of).collect::<Vec<_>>(),
+        (1_000..2_500).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_acks_of_one_batch_free_it() {
+    let dir = TempDir::new("concurrent-acks");
+    let q = Arc::new(
+        DiskQueue::open(&DiskConfig {
+            path: dir.path().into(),
+            max_bytes: 40_000,
+        })
+        .unwrap(),
+    );
+    // One batch of 800 records, acked by 8 tasks at once, 100 records each.
+    q.publish(&(0..800).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let got = receive_n(&*q, 800, 800).await;
+    let mut tasks = Vec::new();
+    for part in got.chunks(100) {
+        let (q, t) = (q.clone(), tokens(part));
+        tasks.push(tokio::spawn(async move { q.ack(&t).await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(q.depth().await.unwrap(), Some(0));
+    // The batch's bytes are free: a batch as large fits again, twice over.
+    q.publish(&(0..800).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    drop(got);
+    let q = Arc::try_unwrap(q).ok().unwrap();
+    drop(q);
+    let q = DiskQueue::open(&DiskConfig {
+        path: dir.path().into(),
+        max_bytes: 40_000,
+    })
+    .unwrap();
+    assert_eq!(
+        q.depth().await.unwrap(),
+        Some(800),
+        "only the second batch is left"
+    );
 }
 
 #[tokio::test]

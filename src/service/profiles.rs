@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use backends::profile::ExperimentBucket;
 use backends::{BackendError, ProfileStore};
 use moka::future::Cache;
+use prometheus::{Histogram, IntCounter};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,8 +81,43 @@ pub struct ProfileGateway {
     cache: Option<Cache<String, Arc<backends::UserProfile>>>,
     saver: Option<mpsc::Sender<backends::UserProfile>>,
     metrics: Arc<Metrics>,
+    hot: HotHandles,
     last_log: AtomicU64,
     started: Instant,
+}
+
+/// The metric series every request touches, resolved once for this backend.
+struct HotHandles {
+    lookup_ok: IntCounter,
+    lookup_latency: Histogram,
+    save_ok: IntCounter,
+    save_latency: Histogram,
+    cache_hit: IntCounter,
+    cache_miss: IntCounter,
+}
+
+impl HotHandles {
+    fn new(metrics: &Metrics, backend: &str) -> Self {
+        let ok = |op: &str| metrics.profile_ops.with_label_values(&[backend, op, "ok"]);
+        let latency = |op: &str| metrics.profile_latency.with_label_values(&[backend, op]);
+        Self {
+            lookup_ok: ok("lookup"),
+            lookup_latency: latency("lookup"),
+            save_ok: ok("save"),
+            save_latency: latency("save"),
+            cache_hit: metrics.profile_cache.with_label_values(&["hit"]),
+            cache_miss: metrics.profile_cache.with_label_values(&["miss"]),
+        }
+    }
+
+    /// (ok counter, latency) of `op` ("lookup" or "save").
+    fn of(&self, op: &str) -> (&IntCounter, &Histogram) {
+        if op == "lookup" {
+            (&self.lookup_ok, &self.lookup_latency)
+        } else {
+            (&self.save_ok, &self.save_latency)
+        }
+    }
 }
 
 impl ProfileGateway {
@@ -109,6 +145,7 @@ impl ProfileGateway {
             mode: settings.save,
             breaker: Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
             cache,
+            hot: HotHandles::new(&metrics, backend),
             metrics,
             last_log: AtomicU64::new(0),
             started: Instant::now(),
@@ -167,18 +204,13 @@ impl ProfileGateway {
         }
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, fut).await;
-        self.metrics
-            .profile_latency
-            .with_label_values(&[self.backend, op])
-            .observe(started.elapsed().as_secs_f64());
+        let (ok, latency) = self.hot.of(op);
+        latency.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(v)) => {
                 self.breaker.success();
                 self.metrics.profile_breaker_open.set(0);
-                self.metrics
-                    .profile_ops
-                    .with_label_values(&[self.backend, op, "ok"])
-                    .inc();
+                ok.inc();
                 Some(v)
             }
             Ok(Err(e)) => {
@@ -213,13 +245,10 @@ impl ProfileGateway {
         let store = self.store.as_ref()?;
         if let Some(cache) = &self.cache {
             if let Some(p) = cache.get(user_id).await {
-                self.metrics.profile_cache.with_label_values(&["hit"]).inc();
+                self.hot.cache_hit.inc();
                 return Some(to_core(&p));
             }
-            self.metrics
-                .profile_cache
-                .with_label_values(&["miss"])
-                .inc();
+            self.hot.cache_miss.inc();
         }
         let found = self
             .guarded("lookup", store.lookup(user_id))
