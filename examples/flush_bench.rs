@@ -47,7 +47,8 @@ fn event(i: usize) -> UserEvent {
             revision: "1".into(),
             anonymize_ip: true,
             region: "US".into(),
-        },
+        }
+        .into(),
         visitor_id: format!("user-{i}"),
         attributes: vec![VisitorAttribute {
             entity_id: "30000001".into(),

@@ -8,6 +8,7 @@ use super::project::{Experiment, ProjectConfig, Variation};
 use super::user::{finite_number, Attributes, RESERVED_ATTRIBUTE_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
+use std::sync::Arc;
 
 /// The attribute id/key under which bot filtering travels.
 pub const BOT_FILTERING_ATTRIBUTE: &str = "$opt_bot_filtering";
@@ -23,19 +24,6 @@ pub struct EventContext {
     pub revision: String,
     pub anonymize_ip: bool,
     pub region: String,
-}
-
-impl EventContext {
-    /// The context of events produced with `config`.
-    pub fn of(config: &ProjectConfig) -> Self {
-        Self {
-            account_id: config.account_id.clone(),
-            project_id: config.project_id.clone(),
-            revision: config.revision.clone(),
-            anonymize_ip: config.anonymize_ip,
-            region: config.region.clone(),
-        }
-    }
 }
 
 /// A visitor attribute as the event API wants it.
@@ -92,7 +80,7 @@ pub enum EventKind {
 /// One user event, ready to be queued and later rendered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserEvent {
-    pub context: EventContext,
+    pub context: Arc<EventContext>,
     pub visitor_id: String,
     pub attributes: Vec<VisitorAttribute>,
     pub uuid: String,
@@ -190,7 +178,7 @@ pub fn impression(
         .map_or(("", ""), |v| (v.id.as_str(), v.key.as_str()));
     let (uuid, timestamp) = stamp.stamp();
     UserEvent {
-        context: EventContext::of(config),
+        context: config.event_context(),
         visitor_id: user_id.to_string(),
         attributes: visitor_attributes(config, attributes),
         uuid,
@@ -266,7 +254,7 @@ pub fn conversion(
     });
     let (uuid, timestamp) = stamp.stamp();
     Some(UserEvent {
-        context: EventContext::of(config),
+        context: config.event_context(),
         visitor_id: user_id.to_string(),
         attributes: visitor_attributes(config, attributes),
         uuid,

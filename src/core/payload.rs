@@ -123,7 +123,7 @@ where
 {
     let mut out: Vec<RenderedBatch<'a>> = Vec::new();
     for (i, event) in events.into_iter().enumerate() {
-        let pos = match out.iter().position(|b| *b.context == event.context) {
+        let pos = match out.iter().position(|b| *b.context == *event.context) {
             Some(p) => p,
             None => {
                 let c = &event.context;
@@ -168,7 +168,7 @@ mod tests {
 
     fn impression(revision: &str, uuid: &str) -> UserEvent {
         UserEvent {
-            context: ctx(revision),
+            context: ctx(revision).into(),
             visitor_id: "u".into(),
             attributes: vec![],
             uuid: uuid.into(),

@@ -8,8 +8,10 @@
 use super::audience::{Audience, AudienceRefs, Tree};
 use super::bucketing::Slice;
 use super::datafile::{self, DatafileError, RawDatafile, RawExperiment, RawTrafficAllocation};
+use super::events::EventContext;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Index of an experiment (or rollout rule) in [`ProjectConfig::experiments`].
 pub type ExperimentIdx = usize;
@@ -191,6 +193,8 @@ pub struct ProjectConfig {
     variable_usage: FxHashMap<String, (ExperimentIdx, usize)>,
     /// Experiments in the order the SDKs iterate them (top level, rollout rules, groups).
     experiment_order: Vec<ExperimentIdx>,
+    /// What every event of this datafile shares, built once (events hold a reference).
+    event_context: Arc<EventContext>,
 }
 
 /// Builds `(index → position)` with "later wins" semantics while keeping first positions.
@@ -419,6 +423,17 @@ impl ProjectConfig {
         }
 
         let experiment_order = (0..experiments.len()).collect();
+        let region = raw
+            .region
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "US".into());
+        let event_context = Arc::new(EventContext {
+            account_id: raw.account_id.clone(),
+            project_id: raw.project_id.clone(),
+            revision: raw.revision.clone(),
+            anonymize_ip: raw.anonymize_ip,
+            region: region.clone(),
+        });
         Ok(Self {
             version: raw.version.unwrap_or_default(),
             account_id: raw.account_id,
@@ -426,10 +441,7 @@ impl ProjectConfig {
             revision: raw.revision,
             sdk_key: raw.sdk_key,
             environment_key: raw.environment_key,
-            region: raw
-                .region
-                .filter(|r| !r.is_empty())
-                .unwrap_or_else(|| "US".into()),
+            region,
             anonymize_ip: raw.anonymize_ip,
             bot_filtering: raw.bot_filtering,
             send_flag_decisions: raw.send_flag_decisions,
@@ -449,7 +461,13 @@ impl ProjectConfig {
             flag_by_key,
             variable_usage,
             experiment_order,
+            event_context,
         })
+    }
+
+    /// The context of events produced with this datafile (shared, not copied per event).
+    pub fn event_context(&self) -> Arc<EventContext> {
+        Arc::clone(&self.event_context)
     }
 
     /// The experiment (or rule) with this key.

@@ -60,6 +60,14 @@ fn debug_fields(
     out.insert("datafile".into(), datafile_summary(snap));
 }
 
+/// The experiment answer without `debug`.
+#[derive(serde::Serialize)]
+struct ExperimentOut<'a> {
+    experiment_key: &'a str,
+    user_id: &'a str,
+    variation_key: Option<&'a str>,
+}
+
 /// The bucketer handler.
 pub async fn bucketer(
     app: &App,
@@ -85,13 +93,25 @@ pub async fn bucketer(
         None => Map::new(),
     };
     let snap = app.service.snapshot(sdk_key(&req).as_deref())?;
-    let user = UserContext::new(user_id.clone(), attributes);
+    let user = UserContext::new(user_id, attributes);
+    let user_id = user.user_id.as_str();
     let mut out = Map::new();
     if let Some(key) = experiment {
         let answer = app
             .service
             .experiment(&snap, key, &user, true, debug)
             .await?;
+        if !debug {
+            // The common answer, written without building a JSON tree.
+            return Ok(json(
+                StatusCode::OK,
+                &ExperimentOut {
+                    experiment_key: &answer.experiment_key,
+                    user_id,
+                    variation_key: answer.variation_key.as_deref(),
+                },
+            ));
+        }
         out.insert("experiment_key".into(), json!(answer.experiment_key));
         out.insert("user_id".into(), json!(user_id));
         out.insert("variation_key".into(), json!(answer.variation_key));
