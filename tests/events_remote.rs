@@ -216,15 +216,23 @@ async fn sqs_events_reach_the_endpoint_through_a_separate_flusher() {
     deliver_with_flusher_crash("sqs-e2e", env, n, None).await;
 }
 
-/// The daemon (with its in-process flusher) on a remote queue that has a dead letter of its own:
-/// events the endpoint refuses land there — exactly those — and the rest are delivered.
+/// The daemon (with its in-process flusher) on a remote queue that has a dead letter of its own,
+/// against an endpoint that first answers 500 for `BUCKETD_TEST_OUTAGE_SECS` (30): everything
+/// arrives afterwards, exactly once (for SQS: the visibility of the held messages was extended
+/// through the outage); the events the endpoint refuses (400) land in the dead letter — exactly
+/// those.
 async fn rejected_events_go_to_the_queue_dead_letter(
     name: &str,
     queue_env: Vec<(&'static str, String)>,
     file: Option<&std::path::Path>,
     dead_letter: backends::EventQueueConfig,
 ) {
+    let outage = std::env::var("BUCKETD_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30u64);
     let sink = Sink::start().await;
+    sink.fail_with.store(500, Ordering::Relaxed);
     *sink.poison.lock().unwrap() = Some("\"poison\":".into());
     let mut env = queue_env;
     env.extend([
@@ -247,6 +255,13 @@ async fn rejected_events_go_to_the_queue_dead_letter(
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    assert_eq!(sink.received(), 0, "nothing is accepted during the outage");
+    assert!(
+        sink.requests.load(Ordering::Relaxed) > 1,
+        "the flusher kept retrying"
+    );
+    sink.fail_with.store(0, Ordering::Relaxed);
     assert_eq!(sink.wait_for(n, Duration::from_secs(60)).await, n);
 
     let dlq = dead_letter.build().await.unwrap();
@@ -270,6 +285,11 @@ async fn rejected_events_go_to_the_queue_dead_letter(
         "no dead-letter file when the queue has a dead letter"
     );
     assert_eq!(sink.received(), n, "no rejected event was delivered");
+    assert_eq!(
+        sink.recorded.lock().unwrap().duplicates,
+        0,
+        "nothing was delivered twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,6 +343,9 @@ async fn sqs_rejected_events_go_to_the_dead_letter_queue() {
         ("BUCKETD__EVENTS__QUEUE__QUEUE_NAME", queue),
         ("BUCKETD__EVENTS__QUEUE__ENDPOINT_URL", endpoint.clone()),
         ("BUCKETD__EVENTS__QUEUE__WAIT", "1s".into()),
+        // Far shorter than the outage: only extending it keeps the held messages from coming
+        // back to be delivered twice.
+        ("BUCKETD__EVENTS__QUEUE__VISIBILITY_TIMEOUT", "4s".into()),
         (
             "BUCKETD__EVENTS__QUEUE__DEAD_LETTER_QUEUE",
             dead_letter.clone(),
@@ -336,30 +359,17 @@ async fn sqs_rejected_events_go_to_the_dead_letter_queue() {
     rejected_events_go_to_the_queue_dead_letter("sqs-dlq", env, None, reader).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_outage_spools_to_disk_and_forwards_later() {
-    // Paused broker: noida-db (its own process group), so the other Kafka test on tansu runs
-    // undisturbed in parallel.
-    let Some(brokers) = env_or_skip("BUCKETD_TEST_KAFKA_BROKERS_NOIDA") else {
-        return;
-    };
-    let Some(pgid) = env_or_skip("BUCKETD_TEST_KAFKA_NOIDA_PGID") else {
-        return;
-    };
+/// The queue server (its own process group, `pgid`) is paused while the daemon produces: the
+/// requests never wait on it, the events go to the local spool, and once it is back they are
+/// forwarded and a flusher delivers every one.
+async fn queue_outage_spools_to_disk_and_forwards_later(
+    name: &str,
+    env: Vec<(&'static str, String)>,
+    file: Option<&std::path::Path>,
+    pgid: &str,
+) {
     let group = format!("-{pgid}");
-    let topic = unique("bucketd-outage");
-    let env = vec![
-        ("BUCKETD__EVENTS__QUEUE__TYPE", "kafka".to_string()),
-        ("BUCKETD__EVENTS__QUEUE__BROKERS", brokers),
-        ("BUCKETD__EVENTS__QUEUE__TOPIC", topic.clone()),
-        (
-            "BUCKETD__EVENTS__QUEUE__GROUP_ID",
-            format!("{topic}-flusher"),
-        ),
-        ("BUCKETD__PROFILES__TYPE", "none".into()),
-    ];
-    let file = kafka_config_file("kafka-outage");
-    let app = spawn_app_with_file("kafka-outage", &env, Some(&file)).await;
+    let app = spawn_app_with_file(name, &env, file).await;
     let signal = |sig: &str| {
         assert!(std::process::Command::new("kill")
             .args([sig, "--", &group])
@@ -369,8 +379,10 @@ async fn kafka_outage_spools_to_disk_and_forwards_later() {
     };
     signal("-STOP");
     let n = 1_000;
-    produce(&app.base, n, "outage").await;
-    // Requests never waited on the broker; the batches went to the spool.
+    let started = std::time::Instant::now();
+    produce(&app.base, n, name).await;
+    let produced_in = started.elapsed();
+    // Requests never waited on the paused server; the batches went to the spool.
     let mut spooled = 0.0;
     for _ in 0..100 {
         let text = app
@@ -397,14 +409,78 @@ async fn kafka_outage_spools_to_disk_and_forwards_later() {
         spooled as usize >= n,
         "events were spooled during the outage ({spooled})"
     );
+    assert!(
+        produced_in < Duration::from_secs(20),
+        "requests did not wait on the paused server ({produced_in:?} for {n})"
+    );
     let sink = Sink::start().await;
-    let dir = common::scratch("kafka-outage-flusher");
-    let mut flusher = spawn_flusher(&dir, &env, &sink, Some(&file), 0);
+    let dir = common::scratch(&format!("{name}-flusher"));
+    let mut flusher = spawn_flusher(&dir, &env, &sink, file, 0);
     let got = sink.wait_for(n, Duration::from_secs(120)).await;
     let _ = flusher.kill();
     let _ = flusher.wait();
     assert_eq!(
         got, n,
-        "every event reaches the endpoint once the broker is back"
+        "every event reaches the endpoint once the queue server is back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_spools_to_disk_and_forwards_later() {
+    // Paused broker: noida-db (its own process group), so the other Kafka test on tansu runs
+    // undisturbed in parallel.
+    let Some(brokers) = env_or_skip("BUCKETD_TEST_KAFKA_BROKERS_NOIDA") else {
+        return;
+    };
+    let Some(pgid) = env_or_skip("BUCKETD_TEST_KAFKA_NOIDA_PGID") else {
+        return;
+    };
+    let topic = unique("bucketd-outage");
+    let env = vec![
+        ("BUCKETD__EVENTS__QUEUE__TYPE", "kafka".to_string()),
+        ("BUCKETD__EVENTS__QUEUE__BROKERS", brokers),
+        ("BUCKETD__EVENTS__QUEUE__TOPIC", topic.clone()),
+        (
+            "BUCKETD__EVENTS__QUEUE__GROUP_ID",
+            format!("{topic}-flusher"),
+        ),
+        ("BUCKETD__PROFILES__TYPE", "none".into()),
+    ];
+    let file = kafka_config_file("kafka-outage");
+    queue_outage_spools_to_disk_and_forwards_later("kafka-outage", env, Some(&file), &pgid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_outage_spools_to_disk_and_forwards_later() {
+    // Paused server: the second moto (its own process group), so the other SQS tests run
+    // undisturbed in parallel.
+    let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT_PAUSABLE") else {
+        return;
+    };
+    let Some(pgid) = env_or_skip("BUCKETD_TEST_SQS_PAUSABLE_PGID") else {
+        return;
+    };
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+    let env = vec![
+        ("BUCKETD__EVENTS__QUEUE__TYPE", "sqs".to_string()),
+        (
+            "BUCKETD__EVENTS__QUEUE__QUEUE_NAME",
+            unique("bucketd-outage"),
+        ),
+        ("BUCKETD__EVENTS__QUEUE__ENDPOINT_URL", endpoint),
+        ("BUCKETD__EVENTS__QUEUE__WAIT", "1s".into()),
+        ("BUCKETD__PROFILES__TYPE", "none".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ];
+    queue_outage_spools_to_disk_and_forwards_later("sqs-outage", env, None, &pgid).await;
 }

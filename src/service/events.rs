@@ -2,8 +2,11 @@
 //! one task batches them into queue records and publishes them to the configured
 //! [`EventQueue`], retrying with backoff while the queue is unavailable.
 //!
-//! When the queue is a remote backend (Kafka, SQS) and it is unavailable, batches go to a local
-//! disk spool instead, and a forwarder moves them to the queue once it answers again.
+//! When the queue is a remote backend (Kafka, SQS) and a publish fails or does not finish within
+//! `PUBLISH_TIMEOUT` (3 s), the queue counts as down: that batch and the following ones go to a
+//! local disk spool without trying the queue (so a hung broker never stalls the producer while
+//! the channel fills), and a forwarder moves them to the queue; its first success marks the
+//! queue up again. Under load the producer waits `LINGER` (2 ms) for a fuller batch.
 //!
 //! Nothing is dropped silently: a full channel, a full queue or an event that cannot be
 //! serialized each have a reason label on `bucketd_events_dropped_total` and an ERROR log.
@@ -11,14 +14,16 @@
 use crate::core::UserEvent;
 use crate::metrics::Metrics;
 use backends::queue::is_queue_full;
-use backends::{EventQueue, Record};
-use std::sync::atomic::{AtomicU64, Ordering};
+use backends::{BackendError, EventQueue, Record};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const BATCH: usize = 1000;
+/// Longest wait for a remote queue to accept a batch before it counts as down.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the producer lets events gather before writing a batch that is not full.
 const LINGER: Duration = Duration::from_millis(2);
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -104,9 +109,17 @@ async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    // Set when the remote queue failed or hung: batches go straight to the spool (no request
+    // waits on a dead broker) until the forwarder gets spooled records through again.
+    let queue_down = Arc::new(AtomicBool::new(false));
     let forwarder = spool.clone().map(|s| {
-        let (q, m, c) = (queue.clone(), metrics.clone(), cancel.clone());
-        tokio::spawn(forward_spool(s, q, m, c))
+        let (q, m, c, d) = (
+            queue.clone(),
+            metrics.clone(),
+            cancel.clone(),
+            queue_down.clone(),
+        );
+        tokio::spawn(forward_spool(s, q, m, c, d))
     });
     let backend = queue.backend();
     let mut buf = Vec::with_capacity(BATCH);
@@ -154,7 +167,9 @@ async fn run(
                         .inc_by(records.len() as u64);
                 }
             }
-            Some(spool) => publish_or_spool(&*queue, &**spool, &records, &metrics).await,
+            Some(spool) => {
+                publish_or_spool(&*queue, &**spool, &records, &metrics, &queue_down).await
+            }
         }
     }
     if let Some(f) = forwarder {
@@ -162,32 +177,41 @@ async fn run(
     }
 }
 
-/// Tries the queue once (with its own timeouts); on a retryable failure the batch goes to the
-/// spool, so requests never back up behind a dead broker.
+/// Tries the queue once, for at most `PUBLISH_TIMEOUT` (3 s), unless it is known to be down; on a
+/// retryable failure or a timeout the batch goes to the spool and the queue counts as down, so
+/// the producer never stalls behind a dead or hung broker while the channel fills.
 async fn publish_or_spool(
     queue: &dyn EventQueue,
     spool: &dyn EventQueue,
     records: &[Record],
     metrics: &Metrics,
+    queue_down: &AtomicBool,
 ) {
-    match queue.publish(records).await {
-        Ok(()) => {
-            metrics
-                .events_published
-                .with_label_values(&[queue.backend()])
-                .inc_by(records.len() as u64);
-            return;
-        }
-        Err(e) if !e.is_retryable() => {
-            metrics
-                .events_dropped
-                .with_label_values(&["queue_error"])
-                .inc_by(records.len() as u64);
-            tracing::error!(backend = queue.backend(), error = %e, events = records.len(), "events dropped: the queue refused them");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(backend = queue.backend(), error = %e, events = records.len(), "event queue unavailable; spooling to disk")
+    if !queue_down.load(Ordering::Acquire) {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(records)).await {
+            Ok(Ok(())) => {
+                metrics
+                    .events_published
+                    .with_label_values(&[queue.backend()])
+                    .inc_by(records.len() as u64);
+                return;
+            }
+            Ok(Err(e)) if !e.is_retryable() => {
+                metrics
+                    .events_dropped
+                    .with_label_values(&["queue_error"])
+                    .inc_by(records.len() as u64);
+                tracing::error!(backend = queue.backend(), error = %e, events = records.len(), "events dropped: the queue refused them");
+                return;
+            }
+            Ok(Err(e)) => {
+                queue_down.store(true, Ordering::Release);
+                tracing::warn!(backend = queue.backend(), error = %e, events = records.len(), "event queue unavailable; spooling to disk until it answers");
+            }
+            Err(_) => {
+                queue_down.store(true, Ordering::Release);
+                tracing::warn!(backend = queue.backend(), timeout = ?PUBLISH_TIMEOUT, events = records.len(), "event queue did not answer; spooling to disk until it does");
+            }
         }
     }
     match spool.publish(records).await {
@@ -213,6 +237,7 @@ async fn forward_spool(
     queue: Arc<dyn EventQueue>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    queue_down: Arc<AtomicBool>,
 ) {
     let mut delay = Duration::from_millis(200);
     loop {
@@ -231,7 +256,15 @@ async fn forward_spool(
         };
         let records: Vec<Record> = deliveries.iter().map(|d| d.record.clone()).collect();
         let tokens: Vec<_> = deliveries.into_iter().map(|d| d.token).collect();
-        match queue.publish(&records).await {
+        let published = tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(&records))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Timeout {
+                    backend: queue.backend(),
+                    millis: PUBLISH_TIMEOUT.as_millis() as u64,
+                })
+            });
+        match published {
             Ok(()) => {
                 metrics
                     .events_published
@@ -239,6 +272,9 @@ async fn forward_spool(
                     .inc_by(records.len() as u64);
                 if let Err(e) = spool.ack(&tokens).await {
                     tracing::warn!(error = %e, "spooled events forwarded but not removed; they may be sent twice");
+                }
+                if queue_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!(backend = queue.backend(), "event queue answers again");
                 }
                 delay = Duration::from_millis(200);
             }

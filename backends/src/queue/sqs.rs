@@ -51,6 +51,11 @@ const MAX_RAW_BYTES: usize = MAX_BODY_BYTES / 4 * 3;
 const FORMAT_VERSION: u8 = 1;
 /// Tries of one batch call's failed entries (the SDK already retries whole requests).
 const ENTRY_ATTEMPTS: u32 = 3;
+/// Bound on opening a connection to SQS.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on one SQS request beyond its long-poll wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// SQS limit on the visibility timeout.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
@@ -263,7 +268,13 @@ impl SqsQueue {
         }
         let visibility_secs = i32::try_from(config.visibility_timeout.as_secs())
             .map_err(|_| BackendError::fatal(BACKEND, "visibility_timeout too large"))?;
-        let mut builder = aws_sdk_sqs::config::Builder::from(sdk);
+        // Without a bound, a request to an endpoint that stopped answering (a dropped network
+        // path) would wait forever; a long poll may take `wait`, so attempts get that and more.
+        let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(config.wait + REQUEST_TIMEOUT)
+            .build();
+        let mut builder = aws_sdk_sqs::config::Builder::from(sdk).timeout_config(timeouts);
         if let Some(url) = &config.endpoint_url {
             builder = builder.endpoint_url(url);
         }
