@@ -101,33 +101,15 @@ async fn batches_are_posted_concurrently_up_to_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
-    let outage = std::env::var("BUCKETD_TEST_OUTAGE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30u64);
+    let outage = common::outage_secs();
     let sink = Sink::start().await;
     sink.fail_with.store(500, Ordering::Relaxed);
     *sink.poison.lock().unwrap() = Some("\"poison\":".into());
     let app = spawn_app("events-outage", &flusher_env(&sink)).await;
     let n = 2_000;
     produce(&app.base, n, "outage").await;
-    let client = reqwest::Client::new();
-    for i in 0..20 {
-        let r = client
-            .post(app.url("/v1/track?eventKey=purchase"))
-            .json(&json!({"userId": format!("bad-{i}"), "eventTags": {"poison": format!("p{i}")}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-    }
-    tokio::time::sleep(Duration::from_secs(outage)).await;
-    assert_eq!(sink.received(), 0, "nothing is accepted during the outage");
-    assert!(
-        sink.requests.load(Ordering::Relaxed) > 1,
-        "the flusher kept retrying"
-    );
-    sink.fail_with.store(0, Ordering::Relaxed);
+    common::produce_poisoned(&app.base, 20).await;
+    sink.end_outage_after(outage).await;
     let got = sink.wait_for(n, Duration::from_secs(120)).await;
     assert_eq!(got, n, "every good event arrives after the outage");
     // The 20 poisoned events end up in the dead letter, and nothing else does.
@@ -158,7 +140,8 @@ async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
             .starts_with("bad-"));
     }
     assert_eq!(sink.received(), n, "rejected events never reach the sink");
-    let metrics = client
+    let metrics = app
+        .client
         .get(app.url("/metrics"))
         .send()
         .await
@@ -211,20 +194,6 @@ async fn wait_ready(base: &str) {
     panic!("daemon at {base} never became ready");
 }
 
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_then_restart_loses_nothing() {
     let sink = Sink::start().await;
@@ -238,7 +207,9 @@ async fn kill_9_mid_run_then_restart_loses_nothing() {
     produce(&base, n, "k9").await;
     // Once the events are in the disk queue, let some through, then kill -9 mid-flush.
     for _ in 0..100 {
-        if metric(&base, "bucketd_events_published_total{backend=\"disk\"}").await as usize >= n {
+        if common::metric(&base, "bucketd_events_published_total{backend=\"disk\"}").await as usize
+            >= n
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -27,6 +27,20 @@ fn env_or_skip(name: &str) -> Option<String> {
     }
 }
 
+/// The AWS SDK (in-process daemons here) reads credentials from the standard chain: static test
+/// ones, and never an instance-metadata probe (no traffic leaves this machine).
+fn aws_test_credentials() {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -123,18 +137,11 @@ async fn deliver_with_flusher_crash(
     let got = sink.wait_for(n, Duration::from_secs(180)).await;
     // The standalone flusher reports on its own status endpoint.
     let status = format!("http://127.0.0.1:{status_port}");
-    let metrics = reqwest::get(format!("{status}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let delivered: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("bucketd_flusher_events_total{outcome=\"delivered\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no delivered counter in:\n{metrics}"));
+    let delivered = common::metric(
+        &status,
+        "bucketd_flusher_events_total{outcome=\"delivered\"}",
+    )
+    .await;
     assert!(
         delivered >= (n - before) as f64,
         "the restarted flusher counts what it delivered: {delivered} < {}",
@@ -188,17 +195,7 @@ async fn sqs_events_reach_the_endpoint_through_a_separate_flusher() {
     let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT") else {
         return;
     };
-    // The AWS SDK reads credentials from the standard chain; give it static test ones and
-    // never let it probe instance metadata (no traffic leaves this machine).
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
+    aws_test_credentials();
     let n = std::env::var("BUCKETD_TEST_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -227,10 +224,7 @@ async fn rejected_events_go_to_the_queue_dead_letter(
     file: Option<&std::path::Path>,
     dead_letter: backends::EventQueueConfig,
 ) {
-    let outage = std::env::var("BUCKETD_TEST_OUTAGE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30u64);
+    let outage = common::outage_secs();
     let sink = Sink::start().await;
     sink.fail_with.store(500, Ordering::Relaxed);
     *sink.poison.lock().unwrap() = Some("\"poison\":".into());
@@ -245,23 +239,8 @@ async fn rejected_events_go_to_the_queue_dead_letter(
     let app = spawn_app_with_file(name, &env, file).await;
     let n = 300;
     produce(&app.base, n, name).await;
-    let client = reqwest::Client::new();
-    for i in 0..10 {
-        let r = client
-            .post(app.url("/v1/track?eventKey=purchase"))
-            .json(&serde_json::json!({"userId": format!("bad-{i}"), "eventTags": {"poison": i}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-    }
-    tokio::time::sleep(Duration::from_secs(outage)).await;
-    assert_eq!(sink.received(), 0, "nothing is accepted during the outage");
-    assert!(
-        sink.requests.load(Ordering::Relaxed) > 1,
-        "the flusher kept retrying"
-    );
-    sink.fail_with.store(0, Ordering::Relaxed);
+    common::produce_poisoned(&app.base, 10).await;
+    sink.end_outage_after(outage).await;
     assert_eq!(sink.wait_for(n, Duration::from_secs(60)).await, n);
 
     let dlq = dead_letter.build().await.unwrap();
@@ -327,15 +306,7 @@ async fn sqs_rejected_events_go_to_the_dead_letter_queue() {
     let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT") else {
         return;
     };
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
+    aws_test_credentials();
     let queue = unique("bucketd-dlq");
     let dead_letter = format!("{queue}-dead-letter");
     let env = vec![
@@ -385,20 +356,7 @@ async fn queue_outage_spools_to_disk_and_forwards_later(
     // Requests never waited on the paused server; the batches went to the spool.
     let mut spooled = 0.0;
     for _ in 0..100 {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        spooled = text
-            .lines()
-            .find(|l| l.starts_with("bucketd_events_spooled_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        spooled = common::metric(&app.base, "bucketd_events_spooled_total").await;
         if spooled as usize >= n {
             break;
         }
@@ -460,15 +418,7 @@ async fn sqs_outage_spools_to_disk_and_forwards_later() {
     let Some(pgid) = env_or_skip("BUCKETD_TEST_SQS_PAUSABLE_PGID") else {
         return;
     };
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
+    aws_test_credentials();
     let env = vec![
         ("BUCKETD__EVENTS__QUEUE__TYPE", "sqs".to_string()),
         (

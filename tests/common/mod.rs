@@ -168,3 +168,42 @@ pub async fn produce(base: &str, n: usize, tag: &str) {
         t.await.unwrap();
     }
 }
+
+/// Seconds the endpoint-outage tests keep the sink failing (`BUCKETD_TEST_OUTAGE_SECS`, 30).
+pub fn outage_secs() -> u64 {
+    std::env::var("BUCKETD_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// Records `count` conversions for visitors `bad-0`, `bad-1`, ... whose tags carry `"poison"`
+/// (the sink refuses payloads containing it when told to).
+pub async fn produce_poisoned(base: &str, count: usize) {
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let r = client
+            .post(format!("{base}/v1/track?eventKey=purchase"))
+            .json(&json!({"userId": format!("bad-{i}"), "eventTags": {"poison": format!("p{i}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
+
+/// The value of the first `/metrics` line of the daemon at `base` that starts with `name`
+/// (a metric name, with labels when given); 0 when there is none.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

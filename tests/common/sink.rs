@@ -128,6 +128,18 @@ impl Sink {
         respond(204)
     }
 
+    /// Keeps failing for `secs` (the flusher must keep retrying and deliver nothing), then
+    /// starts accepting.
+    pub async fn end_outage_after(&self, secs: u64) {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        assert_eq!(self.received(), 0, "nothing is accepted during the outage");
+        assert!(
+            self.requests.load(Ordering::Relaxed) > 1,
+            "the flusher kept retrying"
+        );
+        self.fail_with.store(0, Ordering::Relaxed);
+    }
+
     /// Distinct event uuids received.
     pub fn received(&self) -> usize {
         self.recorded.lock().unwrap().uuids.len()
