@@ -155,14 +155,6 @@ async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_binary(dir: &std::path::Path, port: u16, sink: &Sink) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_bucketd"))
         .arg("serve")
@@ -199,7 +191,7 @@ async fn kill_9_mid_run_then_restart_loses_nothing() {
     let sink = Sink::start().await;
     sink.fail_with.store(503, Ordering::Relaxed);
     let dir = common::scratch("events-kill9");
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_binary(&dir, port, &sink);
     wait_ready(&base).await;

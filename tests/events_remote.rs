@@ -66,15 +66,6 @@ fn kafka_config_file(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A free local port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `bucketd flush` process with the given queue settings, its status endpoint on
 /// `status_port` (0: none).
 fn spawn_flusher(
@@ -132,7 +123,7 @@ async fn deliver_with_flusher_crash(
         "the kill should interrupt the flush ({before} of {n} delivered)"
     );
     sink.delay_ms.store(0, Ordering::Relaxed);
-    let status_port = free_port();
+    let status_port = common::free_port();
     let mut flusher = spawn_flusher(&dir, &queue_env, &sink, file, status_port);
     let got = sink.wait_for(n, Duration::from_secs(180)).await;
     // The standalone flusher reports on its own status endpoint.

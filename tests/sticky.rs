@@ -193,14 +193,6 @@ async fn outage_and_recovery(
     assert_eq!(variation(app, "after").await, "a", "stickiness resumes");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server process owned by one test.
 struct ServerProcess {
     child: std::process::Child,
@@ -336,7 +328,7 @@ mod redis_store {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_store_keeps_assignments_sticky_and_survives_an_outage() {
-        let port = free_port();
+        let port = common::free_port();
         let Some(redis) = or_skip(start(port), "redis-server") else {
             return;
         };
@@ -349,7 +341,7 @@ mod redis_store {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_store_with_read_cache() {
-        let port = free_port();
+        let port = common::free_port();
         let Some(redis) = or_skip(start(port), "redis-server") else {
             return;
         };

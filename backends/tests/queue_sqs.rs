@@ -38,20 +38,26 @@ fn config(endpoint: &str, test: &str) -> SqsConfig {
     c
 }
 
-/// Static dummy credentials: the test server checks none, the SDK insists on some.
-async fn connect(cfg: &SqsConfig) -> Result<SqsQueue, backends::BackendError> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(cfg.region.clone()))
+/// An AWS configuration with static dummy credentials (the test server checks none, the SDK
+/// insists on some), for `region` and, when given, the test server's endpoint.
+async fn test_sdk(region: &str, endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_owned()))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
             "testing",
             "testing",
             None,
             None,
             "bucketd-tests",
-        ))
-        .load()
-        .await;
-    SqsQueue::connect_with(cfg, &sdk).await
+        ));
+    if let Some(e) = endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
+async fn connect(cfg: &SqsConfig) -> Result<SqsQueue, backends::BackendError> {
+    SqsQueue::connect_with(cfg, &test_sdk(&cfg.region, None).await).await
 }
 
 fn record(i: usize) -> Record {
@@ -326,18 +332,7 @@ async fn dead_letter_queue_keeps_records_and_reason() {
         .unwrap();
 
     // The reason travels as a message attribute (read with a plain SQS client)...
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(cfg.region.clone()))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "bucketd-tests",
-        ))
-        .endpoint_url(&ep)
-        .load()
-        .await;
+    let sdk = test_sdk(&cfg.region, Some(&ep)).await;
     let raw = aws_sdk_sqs::Client::new(&sdk);
     let dlq_url = raw
         .get_queue_url()
