@@ -51,21 +51,13 @@ impl DeadLetter {
     }
 
     fn write(&self, events: &[&UserEvent], reason: &str) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
         let mut buf = Vec::new();
         for e in events {
             serde_json::to_writer(&mut buf, &serde_json::json!({"reason": reason, "event": e}))
                 .map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        f.write_all(&buf)?;
-        f.sync_data()
+        append(&self.path, &buf)
     }
 }
 
@@ -305,15 +297,16 @@ impl Inner {
                 .await
                 .map_err(|e| e.to_string())
         } else {
-            let lines: Vec<String> = poison
-                .iter()
-                .map(|(d, _)| String::from_utf8_lossy(&d.record.value).into_owned())
-                .collect();
+            let mut lines = Vec::new();
+            for (d, _) in &poison {
+                lines.extend_from_slice(String::from_utf8_lossy(&d.record.value).as_bytes());
+                lines.push(b'\n');
+            }
             let path = self
                 .settings
                 .dead_letter_path
                 .with_extension("undecodable.jsonl");
-            append_lines(&path, &lines).map_err(|e| e.to_string())
+            append(&path, &lines).map_err(|e| e.to_string())
         };
         let tokens: Vec<AckToken> = poison.into_iter().map(|(d, _)| d.token).collect();
         if let Err(e) = stored {
@@ -465,7 +458,9 @@ impl Inner {
     }
 }
 
-fn append_lines(path: &std::path::Path, lines: &[String]) -> std::io::Result<()> {
+/// Appends `bytes` (whole lines) to the file at `path` in ONE write and syncs it: batches
+/// delivered concurrently may dead-letter at the same time, and their lines must not interleave.
+fn append(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -473,9 +468,6 @@ fn append_lines(path: &std::path::Path, lines: &[String]) -> std::io::Result<()>
         .create(true)
         .append(true)
         .open(path)?;
-    for l in lines {
-        f.write_all(l.as_bytes())?;
-        f.write_all(b"\n")?;
-    }
+    f.write_all(bytes)?;
     f.sync_data()
 }

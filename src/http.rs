@@ -129,7 +129,7 @@ async fn route(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let expect = |allowed: Method| -> Result<(), ApiError> {
+    let only = |allowed: Method| -> Result<(), ApiError> {
         if method == allowed {
             Ok(())
         } else {
@@ -140,7 +140,7 @@ async fn route(
         ($name:expr, $method:expr, $call:expr) => {
             (
                 $name,
-                match expect($method) {
+                match only($method) {
                     Ok(()) => $call.await,
                     Err(e) => Err(e),
                 },
@@ -193,7 +193,7 @@ pub async fn handle(
     let resp = result.unwrap_or_else(|e| error_response(&e));
     metrics.http_request(
         route,
-        resp.status().as_u16(),
+        resp.status().as_str(),
         started.elapsed().as_secs_f64(),
     );
     Ok(resp)

@@ -348,15 +348,14 @@ impl Metrics {
     }
 
     /// Counts one HTTP request and its latency.
-    pub fn http_request(&self, route: Route, status: u16, seconds: f64) {
+    /// `status` is the 3-digit code (`StatusCode::as_str`).
+    pub fn http_request(&self, route: Route, status: &str, seconds: f64) {
         let Some(h) = self.routes.get(route as usize) else {
             return;
         };
-        if status == 200 {
+        if status == "200" {
             h.ok.inc();
         } else {
-            let digits = status_digits(status);
-            let status = std::str::from_utf8(&digits).unwrap_or("000");
             self.http_requests
                 .with_label_values(&[route.name(), status])
                 .inc();
@@ -370,16 +369,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// A 3-digit HTTP status as ASCII.
-fn status_digits(status: u16) -> [u8; 3] {
-    let s = status.min(999);
-    [
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]
 }
 
 impl Default for Metrics {

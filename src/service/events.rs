@@ -177,6 +177,19 @@ async fn run(
     }
 }
 
+/// One publish to a remote queue, bounded by `PUBLISH_TIMEOUT` (a timeout is a retryable
+/// [`BackendError::Timeout`]).
+async fn publish_within(queue: &dyn EventQueue, records: &[Record]) -> Result<(), BackendError> {
+    tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(records))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BackendError::Timeout {
+                backend: queue.backend(),
+                millis: PUBLISH_TIMEOUT.as_millis() as u64,
+            })
+        })
+}
+
 /// Tries the queue once, for at most `PUBLISH_TIMEOUT` (3 s), unless it is known to be down; on a
 /// retryable failure or a timeout the batch goes to the spool and the queue counts as down, so
 /// the producer never stalls behind a dead or hung broker while the channel fills.
@@ -188,15 +201,15 @@ async fn publish_or_spool(
     queue_down: &AtomicBool,
 ) {
     if !queue_down.load(Ordering::Acquire) {
-        match tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(records)).await {
-            Ok(Ok(())) => {
+        match publish_within(queue, records).await {
+            Ok(()) => {
                 metrics
                     .events_published
                     .with_label_values(&[queue.backend()])
                     .inc_by(records.len() as u64);
                 return;
             }
-            Ok(Err(e)) if !e.is_retryable() => {
+            Err(e) if !e.is_retryable() => {
                 metrics
                     .events_dropped
                     .with_label_values(&["queue_error"])
@@ -204,13 +217,9 @@ async fn publish_or_spool(
                 tracing::error!(backend = queue.backend(), error = %e, events = records.len(), "events dropped: the queue refused them");
                 return;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 queue_down.store(true, Ordering::Release);
                 tracing::warn!(backend = queue.backend(), error = %e, events = records.len(), "event queue unavailable; spooling to disk until it answers");
-            }
-            Err(_) => {
-                queue_down.store(true, Ordering::Release);
-                tracing::warn!(backend = queue.backend(), timeout = ?PUBLISH_TIMEOUT, events = records.len(), "event queue did not answer; spooling to disk until it does");
             }
         }
     }
@@ -256,15 +265,7 @@ async fn forward_spool(
         };
         let records: Vec<Record> = deliveries.iter().map(|d| d.record.clone()).collect();
         let tokens: Vec<_> = deliveries.into_iter().map(|d| d.token).collect();
-        let published = tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(&records))
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::Timeout {
-                    backend: queue.backend(),
-                    millis: PUBLISH_TIMEOUT.as_millis() as u64,
-                })
-            });
-        match published {
+        match publish_within(queue.as_ref(), &records).await {
             Ok(()) => {
                 metrics
                     .events_published

@@ -521,19 +521,33 @@ impl Shared {
         let batches = txn.open_table(BATCHES).map_err(db_err)?;
         let acked = txn.open_table(ACKED).map_err(db_err)?;
         let mut st = self.state();
-        // Released records first, in order.
+        // Released records first, in order; each batch is read and walked once for all of its
+        // released records.
         while out.len() < max {
-            let Some((batch, index)) = st.released.pop_first() else {
+            let Some(&(batch, _)) = st.released.first() else {
                 break;
             };
+            let wanted: Vec<u32> = st
+                .released
+                .range((batch, 0)..=(batch, u32::MAX))
+                .take(max - out.len())
+                .map(|&(_, i)| i)
+                .collect();
+            for &i in &wanted {
+                st.released.remove(&(batch, i));
+            }
             let Some(v) = batches.get(batch).map_err(db_err)? else {
                 continue;
             };
             let mut reader = BatchReader::new(batch, v.value())?;
+            let mut wanted = wanted.into_iter().peekable();
             while let Some((i, key, value)) = reader.next_record()? {
-                if i == index {
+                if wanted.peek() == Some(&i) {
+                    wanted.next();
                     out.push(delivery((batch, i), key, value)?);
                     st.in_flight.insert((batch, i));
+                }
+                if wanted.peek().is_none() {
                     break;
                 }
             }
