@@ -1,15 +1,73 @@
-//! The one-shot commands behind the CLI: `check`, `datafile fetch`, `decide`.
+//! The command line, and the one-shot commands behind it: `check`, `datafile fetch`, `decide`.
 
 use anyhow::{anyhow, bail, Context};
 use bucketd::config::{DatafileOrigin, Settings, DEFAULT_DATAFILE_URL_TEMPLATE};
 use bucketd::core::{DecideOptions, Decider, ProjectConfig, UserContext};
 use bucketd::source::{write_atomically, BUNDLED_DATAFILE};
+use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Loads every project's datafile (source, else cache) and reports what was found.
-pub async fn check_datafiles(settings: &Settings) -> anyhow::Result<Vec<String>> {
+#[derive(Parser)]
+#[command(
+    name = "bucketd",
+    version,
+    about = "Optimizely Feature Experimentation decisions as a daemon"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./config.toml when present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Validate the configuration and every project's datafile, then exit.
+    Check,
+    /// Run only the flusher: drain the event queue into bulk event requests.
+    Flush,
+    /// Datafile tools.
+    Datafile {
+        #[command(subcommand)]
+        command: DatafileCommand,
+    },
+    /// Print one decision for a datafile, user and attributes (no daemon needed).
+    Decide {
+        #[arg(long)]
+        datafile: PathBuf,
+        #[arg(long, conflicts_with = "flag", required_unless_present = "flag")]
+        experiment: Option<String>,
+        #[arg(long)]
+        flag: Option<String>,
+        #[arg(long)]
+        user: String,
+        /// Attributes as a JSON object.
+        #[arg(long)]
+        attrs: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DatafileCommand {
+    /// Download a datafile (validated before it is written).
+    Fetch {
+        #[arg(long, conflicts_with = "sdk_key", required_unless_present = "sdk_key")]
+        url: Option<String>,
+        #[arg(long)]
+        sdk_key: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `bucketd check` (the configuration is valid already): loads every project's datafile
+/// (source, else cache) and reports what was found, one line per project.
+pub async fn check(settings: &Settings) -> anyhow::Result<String> {
     let mut lines = Vec::new();
     for p in &settings.projects {
         let (bytes, from) = match &p.origin {
@@ -47,7 +105,8 @@ pub async fn check_datafiles(settings: &Settings) -> anyhow::Result<Vec<String>>
             config.flags.len()
         ));
     }
-    Ok(lines)
+    lines.push("configuration OK".to_string());
+    Ok(lines.join("\n"))
 }
 
 async fn fetch(url: &str, timeout: Duration) -> anyhow::Result<Vec<u8>> {

@@ -7,7 +7,6 @@
 mod raw;
 
 use backends::{EventQueueConfig, ProfileStoreConfig};
-pub use raw::RawConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,7 +182,7 @@ fn nonzero<T: PartialOrd + Default + Copy>(key: &str, v: T) -> Result<T, ConfigE
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
     let state_dir = raw.state_dir.clone();
     let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
         invalid(
@@ -232,7 +231,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             ))
         }
     };
-    let profiles = raw::profiles(&raw.profiles, &state_dir)?;
+    let profiles = raw::profiles(&raw.profiles)?;
     let events = raw::events(&raw.events, &state_dir)?;
     let flusher = FlusherSettings {
         enabled: raw

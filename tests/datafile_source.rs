@@ -159,8 +159,7 @@ async fn polls_with_etag_keeps_the_good_datafile_and_restarts_from_cache() {
 
     // Restart with the source down: the last good datafile comes from the cache.
     let dir = app.dir.clone();
-    app.daemon.shutdown.cancel();
-    app.daemon.wait().await;
+    app.stop().await;
     let mut envmap: std::collections::HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -168,10 +167,7 @@ async fn polls_with_etag_keeps_the_good_datafile_and_restarts_from_cache() {
     envmap.insert("BUCKETD__STATE_DIR".into(), dir.display().to_string());
     envmap.insert("BUCKETD__SERVER__LISTEN".into(), "127.0.0.1:0".into());
     let settings = bucketd::config::load(None, &envmap).unwrap();
-    let queue = settings.events.queue.build().await.unwrap();
-    let d = bucketd::daemon::Daemon::start(&settings, None, queue, None)
-        .await
-        .unwrap();
+    let d = common::start(settings, dir).await.unwrap();
     let b: Value = reqwest::get(format!("http://{}/bucketer?e=exp&u=x&debug=1", d.addr))
         .await
         .unwrap()
@@ -186,15 +182,13 @@ async fn polls_with_etag_keeps_the_good_datafile_and_restarts_from_cache() {
             .starts_with("cache:"),
         "{b}"
     );
-    d.shutdown.cancel();
-    d.wait().await;
+    d.stop().await;
 
     // No source and no cache: a clear start error, not a panic.
     let empty = common::scratch("source-nocache");
     envmap.insert("BUCKETD__STATE_DIR".into(), empty.display().to_string());
     let settings = bucketd::config::load(None, &envmap).unwrap();
-    let queue = settings.events.queue.build().await.unwrap();
-    let err = bucketd::daemon::Daemon::start(&settings, None, queue, None)
+    let err = common::start(settings, empty)
         .await
         .err()
         .expect("start fails");
@@ -218,10 +212,10 @@ async fn graceful_shutdown_hands_queued_events_to_the_queue() {
             .await;
         assert_eq!(status, 200);
     }
-    let addr = app.daemon.addr;
+    let addr = app.addr;
+    let dir = app.dir.clone();
     let started = std::time::Instant::now();
-    app.daemon.shutdown.cancel();
-    app.daemon.wait().await;
+    app.stop().await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "exits within the grace period"
@@ -232,7 +226,7 @@ async fn graceful_shutdown_hands_queued_events_to_the_queue() {
     );
     // Every event made it into the durable queue.
     let cfg: backends::EventQueueConfig = serde_json::from_value(serde_json::json!({
-        "type": "disk", "path": app.dir.join("events")
+        "type": "disk", "path": dir.join("events")
     }))
     .unwrap();
     let queue = cfg.build().await.unwrap();

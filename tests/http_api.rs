@@ -504,11 +504,7 @@ async fn multiple_projects_by_sdk_key() {
         1,
         "only [[projects]] when [datafile] has no source"
     );
-    let store = settings.profiles.store.build().await.unwrap();
-    let queue = settings.events.queue.build().await.unwrap();
-    let d = bucketd::daemon::Daemon::start(&settings, store, queue, None)
-        .await
-        .unwrap();
+    let d = common::start(settings, dir.clone()).await.unwrap();
     let c = reqwest::Client::new();
     let r: Value = c
         .get(format!("http://{}/bucketer?e=exp&u=x", d.addr))

@@ -6,62 +6,27 @@
 
 use super::{invalid, ConfigError, EventSettings, ProfileSettings, SaveMode};
 use backends::{EventQueueConfig, ProfileStoreConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Built-in defaults, the same text the repository's `config.toml` documents.
-const DEFAULTS: &str = r#"
-state_dir = "state"
-[server]
-listen = "127.0.0.1:8080"
-trust_forwarded_for = false
-shutdown_grace = "10s"
-max_body_bytes = 1048576
-max_query_bytes = 8192
-max_attributes = 100
-header_read_timeout = "5s"
-[datafile]
-url_template = "https://cdn.optimizely.com/datafiles/{sdk_key}.json"
-poll_interval = "60s"
-fetch_timeout = "10s"
-[admin]
-[api]
-enable_overrides = false
-[log]
-format = "human"
-level = "info"
-[profiles]
-type = "memory"
-timeout = "50ms"
-save = "async"
-cache_capacity = 0
-cache_ttl = "30s"
-save_queue = 10000
-[events]
-channel_capacity = 65536
-[events.queue]
-type = "disk"
-[flusher]
-batch_size = 500
-flush_interval = "1s"
-max_backoff = "60s"
-max_request_bytes = 3500000
-request_timeout = "10s"
-concurrency = 4
-metrics_listen = "127.0.0.1:9091"
-"#;
+// The built-in defaults are the `Default` impls below, one beside each section, and nowhere
+// else: a key missing from the file and the environment takes its section's default (serde's
+// container `default`), which also covers every `[[projects]]` entry. The repository's
+// `config.toml` writes each of them out; a test checks that the two agree.
+
+/// The `type` of `[events.queue]` when none is given.
+pub(super) const DEFAULT_QUEUE_TYPE: &str = "disk";
 
 /// The configuration file's shape.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     pub state_dir: PathBuf,
     pub server: ServerSection,
     pub datafile: DatafileSection,
-    #[serde(default)]
     pub projects: Vec<DatafileSection>,
     pub admin: AdminSection,
     pub api: ApiSection,
@@ -71,8 +36,25 @@ pub struct RawConfig {
     pub flusher: FlusherSection,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "state".into(),
+            server: ServerSection::default(),
+            datafile: DatafileSection::default(),
+            projects: Vec::new(),
+            admin: AdminSection::default(),
+            api: ApiSection::default(),
+            log: LogSection::default(),
+            profiles: ProfilesSection::default(),
+            events: EventsSection::default(),
+            flusher: FlusherSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSection {
     pub listen: String,
     pub trust_forwarded_for: bool,
@@ -85,62 +67,84 @@ pub struct ServerSection {
     pub header_read_timeout: Duration,
 }
 
-fn default_template() -> String {
-    super::DEFAULT_DATAFILE_URL_TEMPLATE.to_string()
-}
-fn default_poll() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_fetch_timeout() -> Duration {
-    Duration::from_secs(10)
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            trust_forwarded_for: false,
+            shutdown_grace: Duration::from_secs(10),
+            max_body_bytes: 1_048_576,
+            max_query_bytes: 8192,
+            max_attributes: 100,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[datafile]` (the default project) and each `[[projects]]` entry.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatafileSection {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub path: Option<PathBuf>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub sdk_key: Option<String>,
-    #[serde(default = "default_template")]
     pub url_template: String,
-    #[serde(default = "default_poll", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
-    #[serde(default)]
     pub cache_path: Option<PathBuf>,
-    #[serde(default)]
     pub webhook_secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for DatafileSection {
+    fn default() -> Self {
+        Self {
+            name: None,
+            path: None,
+            url: None,
+            sdk_key: None,
+            url_template: super::DEFAULT_DATAFILE_URL_TEMPLATE.into(),
+            poll_interval: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(10),
+            cache_path: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminSection {
-    #[serde(default)]
     pub token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApiSection {
     pub enable_overrides: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     pub format: String,
     pub level: String,
 }
 
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
 /// `[profiles]`: service keys, plus the chosen backend's keys (collected in `backend`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
 pub struct ProfilesSection {
     #[serde(rename = "type")]
     pub kind: String,
@@ -155,19 +159,43 @@ pub struct ProfilesSection {
     pub backend: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for ProfilesSection {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            timeout: Duration::from_millis(50),
+            save: "async".into(),
+            cache_capacity: 0,
+            cache_ttl: Duration::from_secs(30),
+            save_queue: 10_000,
+            backend: Map::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventsSection {
-    #[serde(default)]
     pub endpoint: Option<String>,
     pub channel_capacity: usize,
+    /// The queue backend's keys, `type` included (the backends crate validates them).
     pub queue: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            channel_capacity: 65_536,
+            queue: Map::from_iter([("type".into(), Value::from(DEFAULT_QUEUE_TYPE))]),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlusherSection {
-    #[serde(default)]
+    /// `None`: on for the disk queue, off otherwise (`bucketd flush` runs it).
     pub enabled: Option<bool>,
     pub batch_size: usize,
     #[serde(with = "humantime_serde")]
@@ -178,9 +206,26 @@ pub struct FlusherSection {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub concurrency: usize,
+    /// `""`: no status endpoint.
     pub metrics_listen: String,
-    #[serde(default)]
+    /// `None`: `<state_dir>/dead-letter.jsonl`.
     pub dead_letter_path: Option<PathBuf>,
+}
+
+impl Default for FlusherSection {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            batch_size: 500,
+            flush_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_request_bytes: 3_500_000,
+            request_timeout: Duration::from_secs(10),
+            concurrency: 4,
+            metrics_listen: "127.0.0.1:9091".into(),
+            dead_letter_path: None,
+        }
+    }
 }
 
 /// Keys whose environment form must be read as a number / boolean / comma list.
@@ -192,8 +237,7 @@ pub(super) fn load(
     file: Option<&Path>,
     env: &HashMap<String, String>,
 ) -> Result<RawConfig, ConfigError> {
-    let mut b = config::Config::builder()
-        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+    let mut b = config::Config::builder();
     match file {
         Some(f) => {
             if !f.exists() {
@@ -279,11 +323,7 @@ fn backend_error(section: &str, e: serde_json::Error) -> ConfigError {
     invalid(key, msg)
 }
 
-pub(super) fn profiles(
-    p: &ProfilesSection,
-    state_dir: &Path,
-) -> Result<ProfileSettings, ConfigError> {
-    let _ = state_dir;
+pub(super) fn profiles(p: &ProfilesSection) -> Result<ProfileSettings, ConfigError> {
     let save = match p.save.as_str() {
         "async" => SaveMode::Async,
         "sync" => SaveMode::Sync,
@@ -321,7 +361,7 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
         .queue
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or("disk")
+        .unwrap_or(DEFAULT_QUEUE_TYPE)
         .to_string();
     let mut map = e.queue.clone();
     map.remove("type");
@@ -349,4 +389,61 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
         spool,
         channel_capacity: e.channel_capacity.max(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The repository's documented configuration file.
+    fn documented() -> config::Config {
+        let text = include_str!("../../config.toml");
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+    }
+
+    /// The dotted paths of every key with a value (unset options and empty lists left out).
+    fn key_paths(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    key_paths(&path, v, out);
+                }
+            }
+            Value::Null => {}
+            Value::Array(a) if a.is_empty() => {}
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn config_toml_shows_exactly_the_built_in_defaults() {
+        let parsed: RawConfig = documented().try_deserialize().unwrap();
+        assert_eq!(
+            parsed,
+            RawConfig::default(),
+            "a value in config.toml differs from its built-in default"
+        );
+        let (mut written, mut defaults) = (BTreeSet::new(), BTreeSet::new());
+        key_paths("", &documented().try_deserialize().unwrap(), &mut written);
+        key_paths(
+            "",
+            &serde_json::to_value(RawConfig::default()).unwrap(),
+            &mut defaults,
+        );
+        assert_eq!(
+            written, defaults,
+            "config.toml shows every key that has a built-in default, and only those"
+        );
+    }
 }

@@ -4,18 +4,23 @@
 
 pub mod sink;
 
-use bucketd::config;
-use bucketd::daemon::Daemon;
+use bucketd::app::{App, Mode, StartError};
+use bucketd::config::{self, Settings};
+use bucketd::signal::Reloads;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 /// A running daemon plus its scratch directory.
 pub struct TestApp {
-    pub daemon: Daemon,
+    pub addr: SocketAddr,
     pub base: String,
     pub dir: PathBuf,
     pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
 }
 
 /// A fresh scratch directory under the target dir.
@@ -60,30 +65,36 @@ pub async fn spawn_app_with_file(
         env.insert((*k).to_string(), v.clone());
     }
     let settings = config::load(file, &env).expect("test config is valid");
-    let store = settings
-        .profiles
-        .store
-        .build()
-        .await
-        .expect("profile store");
-    let queue = settings.events.queue.build().await.expect("event queue");
-    let spool = match &settings.events.spool {
-        Some(c) => Some(c.build().await.expect("event spool")),
-        None => None,
-    };
-    let daemon = Daemon::start(&settings, store, queue, spool)
-        .await
-        .expect("daemon starts");
-    let base = format!("http://{}", daemon.addr);
-    TestApp {
-        daemon,
-        base,
+    start(settings, dir).await.expect("daemon starts")
+}
+
+/// Builds and runs the daemon from `settings` the way `bucketd serve` does (the same
+/// [`App::build`]), with a shutdown the test triggers ([`TestApp::stop`]) instead of signals.
+pub async fn start(settings: Settings, dir: PathBuf) -> Result<TestApp, StartError> {
+    let app = App::build(settings, Mode::Serve).await?;
+    let addr = app.addr().expect("the daemon listens");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone().cancelled_owned(), Reloads::never()));
+    Ok(TestApp {
+        addr,
+        base: format!("http://{addr}"),
         dir,
         client: reqwest::Client::new(),
-    }
+        shutdown,
+        running,
+    })
 }
 
 impl TestApp {
+    /// Shuts down as on SIGTERM and waits until the daemon has stopped (drained or out of
+    /// grace).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("the daemon task ends without panicking");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
