@@ -6,8 +6,13 @@ use bucketd::core::{DecideOptions, Decider, ProjectConfig, UserContext};
 use bucketd::source::{write_atomically, BUNDLED_DATAFILE};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// Exit code for an invalid datafile (sysexits `EX_DATAERR`).
+pub const EX_DATAERR: u8 = 65;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +68,45 @@ pub enum DatafileCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Runs the commands that need no configuration (`datafile fetch`, `decide`); hands the others
+/// back.
+pub async fn without_config(command: Command) -> ControlFlow<ExitCode, Command> {
+    ControlFlow::Break(match command {
+        Command::Datafile {
+            command: DatafileCommand::Fetch { url, sdk_key, out },
+        } => report(fetch_datafile(url, sdk_key, &out).await, ExitCode::FAILURE),
+        Command::Decide {
+            datafile,
+            experiment,
+            flag,
+            user,
+            attrs,
+        } => {
+            let (experiment, flag, attrs) =
+                (experiment.as_deref(), flag.as_deref(), attrs.as_deref());
+            report(
+                decide(&datafile, experiment, flag, &user, attrs),
+                ExitCode::from(EX_DATAERR),
+            )
+        }
+        command => return ControlFlow::Continue(command),
+    })
+}
+
+/// Prints a one-shot command's answer, or its error and exits with `failure`.
+pub fn report(answer: anyhow::Result<String>, failure: ExitCode) -> ExitCode {
+    match answer {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bucketd: {e:#}");
+            failure
+        }
+    }
 }
 
 /// `bucketd check` (the configuration is valid already): loads every project's datafile

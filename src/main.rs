@@ -7,7 +7,8 @@ use bucketd::app::{App, Mode};
 use bucketd::config::{self, Settings};
 use bucketd::signal;
 use clap::Parser;
-use cli::{Cli, Command, DatafileCommand};
+use cli::{Cli, Command};
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 /// mimalloc: glibc malloc's arena locks showed up as the top cost under load (requests and the
@@ -17,8 +18,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for a configuration error (sysexits `EX_USAGE`).
 const EX_USAGE: u8 = 64;
-/// Exit code for an invalid datafile (sysexits `EX_DATAERR`).
-const EX_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,29 +34,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    // The commands that need no configuration.
-    let command = match cli.command.unwrap_or(Command::Serve) {
-        Command::Datafile {
-            command: DatafileCommand::Fetch { url, sdk_key, out },
-        } => {
-            return report(
-                cli::fetch_datafile(url, sdk_key, &out).await,
-                ExitCode::FAILURE,
-            )
-        }
-        Command::Decide {
-            datafile,
-            experiment,
-            flag,
-            user,
-            attrs,
-        } => {
-            let (experiment, flag, attrs) =
-                (experiment.as_deref(), flag.as_deref(), attrs.as_deref());
-            let decision = cli::decide(&datafile, experiment, flag, &user, attrs);
-            return report(decision, ExitCode::from(EX_DATAERR));
-        }
-        command => command,
+    let command = match cli::without_config(cli.command.unwrap_or(Command::Serve)).await {
+        ControlFlow::Break(exit) => return exit,
+        ControlFlow::Continue(command) => command,
     };
     let settings = match config::load_from_process_env(cli.config.as_deref()) {
         Ok(s) => s,
@@ -67,7 +46,9 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let mode = match command {
-        Command::Check => return report(cli::check(&settings).await, ExitCode::from(EX_DATAERR)),
+        Command::Check => {
+            return cli::report(cli::check(&settings).await, ExitCode::from(cli::EX_DATAERR))
+        }
         Command::Flush => Mode::Flush,
         _ => Mode::Serve,
     };
@@ -101,19 +82,5 @@ fn init_logging(settings: &Settings) {
     match settings.log_format {
         config::LogFormat::Json => builder.json().init(),
         config::LogFormat::Human => builder.init(),
-    }
-}
-
-/// Prints a one-shot command's answer, or its error and exits with `failure`.
-fn report(answer: anyhow::Result<String>, failure: ExitCode) -> ExitCode {
-    match answer {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bucketd: {e:#}");
-            failure
-        }
     }
 }
