@@ -68,15 +68,18 @@ impl Route {
     }
 }
 
-/// Per-route handles resolved once (a labelled lookup hashes and locks on every call, which
-/// showed up in request profiles).
+// "Handles": labelled metrics resolved once, for the request path (a labelled lookup hashes and
+// locks on every call, which showed up in request profiles). `service::profiles` keeps its own
+// (`HotHandles`) the same way.
+
+/// The per-route handles.
 struct RouteHandles {
     ok: IntCounter,
     latency: Histogram,
 }
 
-/// The `decisions` counters the request path bumps, resolved once.
-pub struct DecisionCounters {
+/// The handles of the `decisions` counters the request path bumps.
+pub struct DecisionHandles {
     pub experiment_variation: IntCounter,
     pub experiment_none: IntCounter,
     pub flag_enabled: IntCounter,
@@ -109,8 +112,8 @@ pub struct Metrics {
     pub flusher_request_latency: HistogramVec,
     pub up: Gauge,
     routes: Vec<RouteHandles>,
-    /// Pre-resolved `decisions` counters.
-    pub decision_counts: DecisionCounters,
+    /// Handles of the `decisions` counters.
+    pub decision_handles: DecisionHandles,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -184,7 +187,7 @@ impl Metrics {
             })
             .collect();
         let d = |kind: &str, outcome: &str| decisions.with_label_values(&[kind, outcome]);
-        let decision_counts = DecisionCounters {
+        let decision_handles = DecisionHandles {
             experiment_variation: d("experiment", "variation"),
             experiment_none: d("experiment", "none"),
             flag_enabled: d("flag", "enabled"),
@@ -343,7 +346,7 @@ impl Metrics {
             ),
             registry: r,
             routes,
-            decision_counts,
+            decision_handles,
         }
     }
 

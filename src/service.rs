@@ -203,7 +203,7 @@ impl Service {
         };
         let exp = &config.experiments[idx];
         let variation = v.map(|v| &exp.variations[v]);
-        let counts = &self.metrics.decision_counts;
+        let counts = &self.metrics.decision_handles;
         match v {
             Some(_) => counts.experiment_variation.inc(),
             None => counts.experiment_none.inc(),
@@ -239,7 +239,7 @@ impl Service {
             decider.decide(keys, options, tracker.as_mut(), &mut events, &mut Clock)
         };
         let enabled = decisions.iter().filter(|d| d.enabled).count() as u64;
-        let counts = &self.metrics.decision_counts;
+        let counts = &self.metrics.decision_handles;
         counts.flag_enabled.inc_by(enabled);
         counts
             .flag_disabled
