@@ -4,13 +4,17 @@
 //! The newest valid datafile is swapped in atomically (`arc-swap`): requests in flight finish on
 //! the one they loaded. An invalid or unreachable datafile never replaces a good one. Every good
 //! datafile is written atomically to the project's cache path, which is used at start when the
-//! source cannot be reached.
+//! source cannot be reached (`cache`). URL sources are polled (`poll`).
+
+mod cache;
+mod poll;
 
 use crate::config::{DatafileOrigin, ProjectSettings};
 use crate::core::{DatafileError, ProjectConfig};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
-use std::path::Path;
+pub use cache::write_atomically;
+use poll::{FetchFailure, Fetched, Validators};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -40,13 +44,6 @@ pub struct LoadedDatafile {
     pub loaded_at: SystemTime,
     /// `file:<path>`, `url:<url>`, `cache:<path>`, `admin`, `bundled`.
     pub origin: String,
-}
-
-/// HTTP validators of the last fetch.
-#[derive(Debug, Default, Clone)]
-struct Validators {
-    etag: Option<String>,
-    last_modified: Option<String>,
 }
 
 /// One project: its settings and the datafile currently in use.
@@ -170,56 +167,39 @@ impl Project {
             url: url.to_string(),
             message,
         };
-        let client = reqwest::Client::builder()
-            .timeout(self.settings.fetch_timeout)
-            .build()
-            .map_err(|e| fetch_err(e.to_string()))?;
-        let mut req = client.get(url.clone());
-        let validators = self
-            .validators
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default();
-        if self.current().is_some() {
-            if let Some(e) = &validators.etag {
-                req = req.header("If-None-Match", e);
-            }
-            if let Some(m) = &validators.last_modified {
-                req = req.header("If-Modified-Since", m);
-            }
-        }
-        let resp = req.send().await.map_err(|e| fetch_err(e.to_string()))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            self.metrics
-                .datafile_updates
-                .with_label_values(&[&self.settings.name, "not_modified"])
-                .inc();
-            return Ok(());
-        }
-        if !status.is_success() {
-            self.metrics
-                .datafile_updates
-                .with_label_values(&[&self.settings.name, "fetch_error"])
-                .inc();
-            return Err(fetch_err(format!("HTTP {status}")));
-        }
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+        // Conditional only when there is a datafile in use to keep.
+        let validators = match self.current() {
+            Some(_) => self
+                .validators
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default(),
+            None => Validators::default(),
         };
-        let next = Validators {
-            etag: header("etag"),
-            last_modified: header("last-modified"),
-        };
-        let bytes = resp.bytes().await.map_err(|e| fetch_err(e.to_string()))?;
-        self.accept(bytes.to_vec(), format!("url:{url}")).await?;
-        if let Ok(mut v) = self.validators.lock() {
-            *v = next;
+        match poll::fetch(url, self.settings.fetch_timeout, &validators).await {
+            Ok(Fetched::NotModified) => {
+                self.metrics
+                    .datafile_updates
+                    .with_label_values(&[&self.settings.name, "not_modified"])
+                    .inc();
+                Ok(())
+            }
+            Ok(Fetched::Body { bytes, validators }) => {
+                self.accept(bytes, format!("url:{url}")).await?;
+                if let Ok(mut v) = self.validators.lock() {
+                    *v = validators;
+                }
+                Ok(())
+            }
+            Err(FetchFailure::Status(status)) => {
+                self.metrics
+                    .datafile_updates
+                    .with_label_values(&[&self.settings.name, "fetch_error"])
+                    .inc();
+                Err(fetch_err(format!("HTTP {status}")))
+            }
+            Err(FetchFailure::Transport(message)) => Err(fetch_err(message)),
         }
-        Ok(())
     }
 
     /// Start-up: the source, else the last good cached datafile. Errors only when neither works.
@@ -229,17 +209,7 @@ impl Project {
             Err(e) => {
                 let path = &self.settings.cache_path;
                 tracing::warn!(project = %self.settings.name, error = %e, cache = %path.display(), "datafile source unavailable at start; trying the cache");
-                let bytes = tokio::fs::read(path).await.map_err(|_| e)?;
-                let config = tokio::task::spawn_blocking(move || ProjectConfig::parse(&bytes))
-                    .await
-                    .map_err(|j| SourceError::Read {
-                        path: path.display().to_string(),
-                        message: j.to_string(),
-                    })?
-                    .map_err(|source| SourceError::Invalid {
-                        origin: format!("cache:{}", path.display()),
-                        source,
-                    })?;
+                let config = cache::load(path).await?.ok_or(e)?;
                 self.install(config, format!("cache:{}", path.display()), false);
                 Ok(())
             }
@@ -249,15 +219,15 @@ impl Project {
     /// Keeps the datafile fresh until cancelled: polls URLs every `poll_interval` (backing off
     /// on errors) and re-reads on refresh requests (webhook, SIGHUP).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let poll = matches!(self.settings.origin, DatafileOrigin::Url(_));
+        let polled = matches!(self.settings.origin, DatafileOrigin::Url(_));
         let mut failures: u32 = 0;
         loop {
-            let wait = if !poll {
+            let wait = if !polled {
                 Duration::from_secs(3600 * 24 * 365)
             } else if failures == 0 {
                 self.settings.poll_interval
             } else {
-                backoff(failures, self.settings.poll_interval)
+                poll::backoff(failures, self.settings.poll_interval)
             };
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -275,40 +245,9 @@ impl Project {
     }
 }
 
-/// Exponential backoff from 1 s, capped at the poll interval (at least 1 s).
-fn backoff(failures: u32, cap: Duration) -> Duration {
-    let secs = 1u64 << failures.min(16);
-    Duration::from_secs(secs).min(cap.max(Duration::from_secs(1)))
-}
-
-/// Writes `bytes` to `path` via a temporary file and rename, so readers never see half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1, Duration::from_secs(60)), Duration::from_secs(2));
-        assert_eq!(backoff(3, Duration::from_secs(60)), Duration::from_secs(8));
-        assert_eq!(
-            backoff(30, Duration::from_secs(60)),
-            Duration::from_secs(60)
-        );
-    }
 
     #[test]
     fn bundled_datafile_parses() {

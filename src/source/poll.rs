@@ -1,0 +1,94 @@
+//! Polling a URL source: one conditional GET (ETag / If-None-Match, Last-Modified /
+//! If-Modified-Since) and the backoff between failed polls.
+
+use std::time::Duration;
+
+/// HTTP validators of the last good fetch.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// What a fetch brought.
+pub(super) enum Fetched {
+    /// 304: the datafile in use is current.
+    NotModified,
+    /// A body, and the validators to send next time.
+    Body {
+        bytes: Vec<u8>,
+        validators: Validators,
+    },
+}
+
+/// Why a fetch failed.
+pub(super) enum FetchFailure {
+    /// The server answered with a status other than 2xx / 304.
+    Status(reqwest::StatusCode),
+    /// No answer (connection, timeout, body).
+    Transport(String),
+}
+
+/// GETs `url`, conditional on `validators`.
+pub(super) async fn fetch(
+    url: &url::Url,
+    timeout: Duration,
+    validators: &Validators,
+) -> Result<Fetched, FetchFailure> {
+    let transport = |e: reqwest::Error| FetchFailure::Transport(e.to_string());
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(transport)?;
+    let mut req = client.get(url.clone());
+    if let Some(e) = &validators.etag {
+        req = req.header("If-None-Match", e);
+    }
+    if let Some(m) = &validators.last_modified {
+        req = req.header("If-Modified-Since", m);
+    }
+    let resp = req.send().await.map_err(transport)?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(Fetched::NotModified);
+    }
+    if !status.is_success() {
+        return Err(FetchFailure::Status(status));
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let validators = Validators {
+        etag: header("etag"),
+        last_modified: header("last-modified"),
+    };
+    let bytes = resp.bytes().await.map_err(transport)?;
+    Ok(Fetched::Body {
+        bytes: bytes.to_vec(),
+        validators,
+    })
+}
+
+/// Exponential backoff from 1 s, capped at the poll interval (at least 1 s).
+pub(super) fn backoff(failures: u32, cap: Duration) -> Duration {
+    let secs = 1u64 << failures.min(16);
+    Duration::from_secs(secs).min(cap.max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1, Duration::from_secs(60)), Duration::from_secs(2));
+        assert_eq!(backoff(3, Duration::from_secs(60)), Duration::from_secs(8));
+        assert_eq!(
+            backoff(30, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+}
