@@ -4,7 +4,7 @@
 
 use crate::config::Settings;
 use crate::flusher::Flusher;
-use crate::http::{App, HttpConfig};
+use crate::http::{HttpConfig, HttpState};
 use crate::metrics::Metrics;
 use crate::service::{events, profiles::ProfileGateway, Service};
 use crate::source::Project;
@@ -111,9 +111,9 @@ impl Daemon {
             addr: settings.server.listen,
             source,
         })?;
-        let app = Arc::new(App {
-            service: service.clone(),
-            config: HttpConfig {
+        let app = Arc::new(HttpState::new(
+            service.clone(),
+            HttpConfig {
                 trust_forwarded_for: settings.server.trust_forwarded_for,
                 max_body_bytes: settings.server.max_body_bytes,
                 max_query_bytes: settings.server.max_query_bytes,
@@ -121,7 +121,7 @@ impl Daemon {
                 header_read_timeout: settings.server.header_read_timeout,
                 admin_token: settings.admin_token.clone(),
             },
-        });
+        ));
         let shutdown = CancellationToken::new();
         let grace = settings.server.shutdown_grace;
         let server = tokio::spawn(crate::http::serve(listener, app, shutdown.clone(), grace));

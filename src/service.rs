@@ -16,7 +16,7 @@ use crate::core::{
 use crate::metrics::Metrics;
 use crate::source::{LoadedDatafile, Project};
 use events::EventSink;
-use profiles::ProfileGateway;
+use profiles::{ProfileGateway, StoreHealth};
 use serde_json::{Map, Value};
 use std::sync::{Arc, RwLock};
 
@@ -29,8 +29,6 @@ pub enum ServiceError {
     NotReady(String),
     #[error("unknown experiment key {0:?}")]
     UnknownExperiment(String),
-    #[error("unknown flag key {0:?}")]
-    UnknownFlag(String),
     #[error("unknown event key {0:?}")]
     UnknownEvent(String),
     #[error("{0}")]
@@ -39,6 +37,9 @@ pub enum ServiceError {
     OverridesDisabled,
     #[error("profile store is not configured (profiles.type = \"none\")")]
     NoProfileStore,
+    /// A pushed datafile was refused (the current one stays).
+    #[error("{0}")]
+    InvalidDatafile(String),
 }
 
 /// Stamps events with a v4 uuid and the current time.
@@ -85,18 +86,105 @@ pub struct Service {
     pub enable_overrides: bool,
 }
 
-/// A project and the datafile it serves right now (one atomic load per request).
-pub struct Snapshot {
-    pub index: usize,
-    pub project: Arc<Project>,
-    pub datafile: Arc<LoadedDatafile>,
+/// A project pinned to the datafile it serves right now: one atomic load per request, so every
+/// decision of the request sees the same revision even if a new datafile lands meanwhile.
+pub struct PinnedProject {
+    index: usize,
+    project: Arc<Project>,
+    datafile: Arc<LoadedDatafile>,
 }
 
-impl Snapshot {
+impl PinnedProject {
     /// The parsed project.
     pub fn config(&self) -> &ProjectConfig {
         &self.datafile.config
     }
+
+    /// The project's configured name.
+    pub fn name(&self) -> &str {
+        &self.project.settings.name
+    }
+
+    /// Where the pinned datafile came from (`file:<path>`, `url:<url>`, `admin`, `bundled`, ...).
+    pub fn origin(&self) -> &str {
+        &self.datafile.origin
+    }
+
+    /// When the pinned datafile was installed.
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.datafile.loaded_at
+    }
+}
+
+/// A project chosen by SDK key, before any datafile is pinned (what an admin push targets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectId(usize);
+
+/// A project's state as `/health` reports it.
+#[derive(Debug, Clone)]
+pub struct ProjectHealth {
+    pub name: String,
+    /// `None` until a datafile is loaded.
+    pub revision: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// The daemon's state as `/health` reports it.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub profile_store: StoreHealth,
+    pub profile_backend: &'static str,
+    pub projects: Vec<ProjectHealth>,
+}
+
+/// What a datafile push installed.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub project: String,
+    pub revision: Option<String>,
+}
+
+/// What a datafile-updated webhook did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// No project's secret signed it.
+    Unverified,
+    /// Signed, and this many projects were asked to refresh (0: none with that project id).
+    Refreshing(usize),
+}
+
+/// Which decisions `activate` makes when the request names no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivateScope {
+    /// Every experiment (not rollout rules) and every flag.
+    All,
+    Experiments,
+    Features,
+}
+
+/// What `activate` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivateRequest<'a> {
+    pub experiment_keys: &'a [String],
+    pub feature_keys: &'a [String],
+    /// Used only when both key lists are empty.
+    pub scope: ActivateScope,
+    /// Record impressions (`disableTracking` off).
+    pub track: bool,
+}
+
+/// One answer of `activate`, in request order (experiments first, then features).
+#[derive(Debug)]
+pub enum Activated {
+    Experiment {
+        key: String,
+        answer: Result<ExperimentAnswer, ServiceError>,
+    },
+    Feature {
+        key: String,
+        /// `None` for a key the datafile does not declare.
+        decision: Option<FlagDecision>,
+    },
 }
 
 impl Service {
@@ -123,7 +211,7 @@ impl Service {
     }
 
     /// The project an SDK key selects (the first project without one).
-    pub fn project(&self, sdk_key: Option<&str>) -> Result<(usize, Arc<Project>), ServiceError> {
+    fn project(&self, sdk_key: Option<&str>) -> Result<(usize, Arc<Project>), ServiceError> {
         match sdk_key {
             None | Some("") => self
                 .projects
@@ -139,13 +227,13 @@ impl Service {
         }
     }
 
-    /// The project and its current datafile.
-    pub fn snapshot(&self, sdk_key: Option<&str>) -> Result<Snapshot, ServiceError> {
+    /// The project an SDK key selects, pinned to its current datafile.
+    pub fn pin(&self, sdk_key: Option<&str>) -> Result<PinnedProject, ServiceError> {
         let (index, project) = self.project(sdk_key)?;
         let datafile = project
             .current()
             .ok_or_else(|| ServiceError::NotReady(project.settings.name.clone()))?;
-        Ok(Snapshot {
+        Ok(PinnedProject {
             index,
             project,
             datafile,
@@ -155,6 +243,94 @@ impl Service {
     /// Whether every project has a datafile.
     pub fn ready(&self) -> bool {
         self.projects.iter().all(|p| p.current().is_some())
+    }
+
+    /// The profile store's state and every project's revision and origin.
+    pub fn health(&self) -> Health {
+        Health {
+            profile_store: self.profiles.health(),
+            profile_backend: self.profiles.backend(),
+            projects: self
+                .projects
+                .iter()
+                .map(|p| {
+                    let d = p.current();
+                    ProjectHealth {
+                        name: p.settings.name.clone(),
+                        revision: d.as_ref().map(|d| d.config.revision.clone()),
+                        origin: d.as_ref().map(|d| d.origin.clone()),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The project an SDK key selects, whether or not it has a datafile yet.
+    pub fn project_id(&self, sdk_key: Option<&str>) -> Result<ProjectId, ServiceError> {
+        self.project(sdk_key).map(|(index, _)| ProjectId(index))
+    }
+
+    /// Validates and installs a pushed datafile; an invalid one is refused and the current one
+    /// stays.
+    pub async fn install_datafile(
+        &self,
+        id: ProjectId,
+        bytes: Vec<u8>,
+        origin: &str,
+    ) -> Result<Installed, ServiceError> {
+        let project = self
+            .projects
+            .get(id.0)
+            .ok_or_else(|| ServiceError::UnknownProject(String::new()))?;
+        project
+            .accept(bytes, origin.to_string())
+            .await
+            .map_err(|e| ServiceError::InvalidDatafile(e.to_string()))?;
+        Ok(Installed {
+            project: project.settings.name.clone(),
+            revision: project.current().map(|d| d.config.revision.clone()),
+        })
+    }
+
+    /// A datafile-updated webhook: every project whose webhook secret `signed_by` accepts, and
+    /// whose project id is `project_id` (when given and a datafile is loaded), refreshes now.
+    pub fn refresh_from_webhook(
+        &self,
+        project_id: Option<&str>,
+        signed_by: impl Fn(&[u8]) -> bool,
+    ) -> WebhookOutcome {
+        let mut verified = false;
+        let mut refreshed = 0;
+        for p in &self.projects {
+            let Some(secret) = &p.settings.webhook_secret else {
+                continue;
+            };
+            if !signed_by(secret.expose().as_bytes()) {
+                continue;
+            }
+            verified = true;
+            let same_project = match (project_id, p.current()) {
+                (Some(id), Some(d)) => d.config.project_id == id,
+                _ => true,
+            };
+            if same_project {
+                tracing::info!(project = %p.settings.name, "webhook: refreshing datafile");
+                p.request_refresh();
+                refreshed += 1;
+            }
+        }
+        if verified {
+            WebhookOutcome::Refreshing(refreshed)
+        } else {
+            WebhookOutcome::Unverified
+        }
+    }
+
+    /// Asks every file-backed or polled project to re-read its datafile (SIGHUP).
+    pub fn refresh_datafiles(&self) {
+        for p in &self.projects {
+            p.request_refresh();
+        }
     }
 
     async fn load_profile(&self, user_id: &str, ignore: bool) -> Option<ProfileTracker> {
@@ -177,7 +353,7 @@ impl Service {
     /// Decides an experiment for a user; records the impression when `activate` and bucketed.
     pub async fn experiment(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         experiment_key: &str,
         user: &UserContext,
         activate: bool,
@@ -223,7 +399,7 @@ impl Service {
     /// `decide` for some flags (`None`: all), with one profile lookup for all of them.
     pub async fn decide(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         keys: Option<&[&str]>,
         user: &UserContext,
         options: DecideOptions,
@@ -248,10 +424,121 @@ impl Service {
         Ok(decisions)
     }
 
+    /// `/v1/activate`: experiment and feature decisions for one user with one profile lookup
+    /// and at most one profile save for the whole request.
+    ///
+    /// Keys are decided in request order (repeats included); an unknown key is an answer, not a
+    /// failure of the request.
+    pub async fn activate(
+        &self,
+        snap: &PinnedProject,
+        user: &UserContext,
+        request: ActivateRequest<'_>,
+    ) -> Vec<Activated> {
+        let config = snap.config();
+        let (defaults_e, defaults_f);
+        let (experiment_keys, feature_keys) =
+            if request.experiment_keys.is_empty() && request.feature_keys.is_empty() {
+                defaults_e = if request.scope == ActivateScope::Features {
+                    Vec::new()
+                } else {
+                    config
+                        .experiments
+                        .iter()
+                        .filter(|e| !e.is_rollout_rule)
+                        .map(|e| e.key.clone())
+                        .collect()
+                };
+                defaults_f = if request.scope == ActivateScope::Experiments {
+                    Vec::new()
+                } else {
+                    config.flags.iter().map(|f| f.key.clone()).collect()
+                };
+                (defaults_e.as_slice(), defaults_f.as_slice())
+            } else {
+                (request.experiment_keys, request.feature_keys)
+            };
+        let mut tracker = self.load_profile(&user.user_id, false).await;
+        let mut events = Vec::new();
+        let mut out = Vec::with_capacity(experiment_keys.len() + feature_keys.len());
+        let counts = &self.metrics.decision_counts;
+        {
+            let overrides = self.overrides[snap.index].read().ok();
+            let forced = overrides.as_deref().filter(|o| !o.is_empty());
+            let decider = || {
+                let mut d = Decider::new(config, user);
+                d.forced = forced;
+                d
+            };
+            for key in experiment_keys {
+                let Some(idx) = config.experiment_by_key(key) else {
+                    out.push(Activated::Experiment {
+                        key: key.clone(),
+                        answer: Err(ServiceError::UnknownExperiment(key.clone())),
+                    });
+                    continue;
+                };
+                let mut d = decider();
+                let v = if request.track {
+                    d.activate(idx, tracker.as_mut(), &mut events, &mut Clock)
+                } else {
+                    d.experiment_variation(idx, tracker.as_mut())
+                };
+                match v {
+                    Some(_) => counts.experiment_variation.inc(),
+                    None => counts.experiment_none.inc(),
+                }
+                let exp = &config.experiments[idx];
+                let variation = v.map(|v| &exp.variations[v]);
+                out.push(Activated::Experiment {
+                    key: key.clone(),
+                    answer: Ok(ExperimentAnswer {
+                        experiment_key: exp.key.clone(),
+                        experiment_id: exp.id.clone(),
+                        variation_key: variation.map(|v| v.key.clone()),
+                        variation_id: variation.map(|v| v.id.clone()),
+                        reasons: d.reasons.take(),
+                        buckets: d.buckets(idx),
+                        bucketing_id: user.bucketing_id().to_string(),
+                    }),
+                });
+            }
+            let options = DecideOptions {
+                disable_decision_event: !request.track,
+                ..DecideOptions::default()
+            };
+            for key in feature_keys {
+                let decision = config.flag_by_key(key).and_then(|_| {
+                    decider()
+                        .decide(
+                            Some(&[key.as_str()]),
+                            options,
+                            tracker.as_mut(),
+                            &mut events,
+                            &mut Clock,
+                        )
+                        .pop()
+                });
+                if let Some(d) = &decision {
+                    match d.enabled {
+                        true => counts.flag_enabled.inc(),
+                        false => counts.flag_disabled.inc(),
+                    }
+                }
+                out.push(Activated::Feature {
+                    key: key.clone(),
+                    decision,
+                });
+            }
+        }
+        self.finish(tracker, events).await;
+        out
+    }
+
     /// `track`: records a conversion for a declared event.
     pub async fn track(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         event_key: &str,
         user_id: &str,
         attributes: &Attributes,
@@ -272,28 +559,38 @@ impl Service {
         })
     }
 
-    /// Sets (or clears with `None`) a forced variation.
+    /// Sets (or clears with `None`) a forced variation; returns the key of the one it replaces.
+    ///
+    /// Reads only the override map: no decision is made and no profile is touched.
     pub fn set_override(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         experiment_key: &str,
         user_id: &str,
         variation_key: Option<&str>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<String>, ServiceError> {
         if !self.enable_overrides {
             return Err(ServiceError::OverridesDisabled);
         }
+        let config = snap.config();
         let mut guard = self.overrides[snap.index]
             .write()
             .map_err(|_| ServiceError::BadInput("override table unavailable".into()))?;
+        let previous = config.experiment_by_key(experiment_key).and_then(|idx| {
+            let exp = &config.experiments[idx];
+            let id = guard.get(user_id, &exp.id)?;
+            exp.variation_by_id(id)
+                .map(|v| exp.variations[v].key.clone())
+        });
         guard
-            .set(snap.config(), experiment_key, user_id, variation_key)
+            .set(config, experiment_key, user_id, variation_key)
             .map_err(|e| match e {
                 crate::core::overrides::OverrideError::UnknownExperiment(k) => {
                     ServiceError::UnknownExperiment(k)
                 }
                 other => ServiceError::BadInput(other.to_string()),
-            })
+            })?;
+        Ok(previous)
     }
 
     /// A user's stored profile (`/v1/lookup`).
