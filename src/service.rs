@@ -4,9 +4,14 @@
 //! event sink. HTTP handlers call it; it never blocks on the event queue, and waits on a profile
 //! save only in `profiles.save = "sync"` mode.
 
+mod activate;
 pub mod breaker;
 pub mod events;
 pub mod profiles;
+mod projects;
+
+pub use activate::{ActivateRequest, ActivateScope, Activated};
+pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 
 use crate::core::events::{conversion, EventStamp};
 use crate::core::{
@@ -16,7 +21,7 @@ use crate::core::{
 use crate::metrics::Metrics;
 use crate::source::{LoadedDatafile, Project};
 use events::EventSink;
-use profiles::{ProfileGateway, StoreHealth};
+use profiles::ProfileGateway;
 use serde_json::{Map, Value};
 use std::sync::{Arc, RwLock};
 
@@ -116,77 +121,6 @@ impl PinnedProject {
     }
 }
 
-/// A project chosen by SDK key, before any datafile is pinned (what an admin push targets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProjectId(usize);
-
-/// A project's state as `/health` reports it.
-#[derive(Debug, Clone)]
-pub struct ProjectHealth {
-    pub name: String,
-    /// `None` until a datafile is loaded.
-    pub revision: Option<String>,
-    pub origin: Option<String>,
-}
-
-/// The daemon's state as `/health` reports it.
-#[derive(Debug, Clone)]
-pub struct Health {
-    pub profile_store: StoreHealth,
-    pub profile_backend: &'static str,
-    pub projects: Vec<ProjectHealth>,
-}
-
-/// What a datafile push installed.
-#[derive(Debug, Clone)]
-pub struct Installed {
-    pub project: String,
-    pub revision: Option<String>,
-}
-
-/// What a datafile-updated webhook did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookOutcome {
-    /// No project's secret signed it.
-    Unverified,
-    /// Signed, and this many projects were asked to refresh (0: none with that project id).
-    Refreshing(usize),
-}
-
-/// Which decisions `activate` makes when the request names no key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActivateScope {
-    /// Every experiment (not rollout rules) and every flag.
-    All,
-    Experiments,
-    Features,
-}
-
-/// What `activate` is asked for.
-#[derive(Debug, Clone, Copy)]
-pub struct ActivateRequest<'a> {
-    pub experiment_keys: &'a [String],
-    pub feature_keys: &'a [String],
-    /// Used only when both key lists are empty.
-    pub scope: ActivateScope,
-    /// Record impressions (`disableTracking` off).
-    pub track: bool,
-}
-
-/// One answer of `activate`, in request order (experiments first, then features).
-#[derive(Debug)]
-pub enum Activated {
-    Experiment {
-        key: String,
-        answer: Result<ExperimentAnswer, ServiceError>,
-    },
-    Feature {
-        key: String,
-        /// `None` for a key the datafile does not declare.
-        decision: Option<FlagDecision>,
-    },
-}
-
 impl Service {
     /// Builds the service from its parts.
     pub fn new(
@@ -243,94 +177,6 @@ impl Service {
     /// Whether every project has a datafile.
     pub fn ready(&self) -> bool {
         self.projects.iter().all(|p| p.current().is_some())
-    }
-
-    /// The profile store's state and every project's revision and origin.
-    pub fn health(&self) -> Health {
-        Health {
-            profile_store: self.profiles.health(),
-            profile_backend: self.profiles.backend(),
-            projects: self
-                .projects
-                .iter()
-                .map(|p| {
-                    let d = p.current();
-                    ProjectHealth {
-                        name: p.settings.name.clone(),
-                        revision: d.as_ref().map(|d| d.config.revision.clone()),
-                        origin: d.as_ref().map(|d| d.origin.clone()),
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    /// The project an SDK key selects, whether or not it has a datafile yet.
-    pub fn project_id(&self, sdk_key: Option<&str>) -> Result<ProjectId, ServiceError> {
-        self.project(sdk_key).map(|(index, _)| ProjectId(index))
-    }
-
-    /// Validates and installs a pushed datafile; an invalid one is refused and the current one
-    /// stays.
-    pub async fn install_datafile(
-        &self,
-        id: ProjectId,
-        bytes: Vec<u8>,
-        origin: &str,
-    ) -> Result<Installed, ServiceError> {
-        let project = self
-            .projects
-            .get(id.0)
-            .ok_or_else(|| ServiceError::UnknownProject(String::new()))?;
-        project
-            .accept(bytes, origin.to_string())
-            .await
-            .map_err(|e| ServiceError::InvalidDatafile(e.to_string()))?;
-        Ok(Installed {
-            project: project.settings.name.clone(),
-            revision: project.current().map(|d| d.config.revision.clone()),
-        })
-    }
-
-    /// A datafile-updated webhook: every project whose webhook secret `signed_by` accepts, and
-    /// whose project id is `project_id` (when given and a datafile is loaded), refreshes now.
-    pub fn refresh_from_webhook(
-        &self,
-        project_id: Option<&str>,
-        signed_by: impl Fn(&[u8]) -> bool,
-    ) -> WebhookOutcome {
-        let mut verified = false;
-        let mut refreshed = 0;
-        for p in &self.projects {
-            let Some(secret) = &p.settings.webhook_secret else {
-                continue;
-            };
-            if !signed_by(secret.expose().as_bytes()) {
-                continue;
-            }
-            verified = true;
-            let same_project = match (project_id, p.current()) {
-                (Some(id), Some(d)) => d.config.project_id == id,
-                _ => true,
-            };
-            if same_project {
-                tracing::info!(project = %p.settings.name, "webhook: refreshing datafile");
-                p.request_refresh();
-                refreshed += 1;
-            }
-        }
-        if verified {
-            WebhookOutcome::Refreshing(refreshed)
-        } else {
-            WebhookOutcome::Unverified
-        }
-    }
-
-    /// Asks every file-backed or polled project to re-read its datafile (SIGHUP).
-    pub fn refresh_datafiles(&self) {
-        for p in &self.projects {
-            p.request_refresh();
-        }
     }
 
     async fn load_profile(&self, user_id: &str, ignore: bool) -> Option<ProfileTracker> {
@@ -422,117 +268,6 @@ impl Service {
             .inc_by(decisions.len() as u64 - enabled);
         self.finish(tracker, events).await;
         Ok(decisions)
-    }
-
-    /// `/v1/activate`: experiment and feature decisions for one user with one profile lookup
-    /// and at most one profile save for the whole request.
-    ///
-    /// Keys are decided in request order (repeats included); an unknown key is an answer, not a
-    /// failure of the request.
-    pub async fn activate(
-        &self,
-        snap: &PinnedProject,
-        user: &UserContext,
-        request: ActivateRequest<'_>,
-    ) -> Vec<Activated> {
-        let config = snap.config();
-        let (defaults_e, defaults_f);
-        let (experiment_keys, feature_keys) =
-            if request.experiment_keys.is_empty() && request.feature_keys.is_empty() {
-                defaults_e = if request.scope == ActivateScope::Features {
-                    Vec::new()
-                } else {
-                    config
-                        .experiments
-                        .iter()
-                        .filter(|e| !e.is_rollout_rule)
-                        .map(|e| e.key.clone())
-                        .collect()
-                };
-                defaults_f = if request.scope == ActivateScope::Experiments {
-                    Vec::new()
-                } else {
-                    config.flags.iter().map(|f| f.key.clone()).collect()
-                };
-                (defaults_e.as_slice(), defaults_f.as_slice())
-            } else {
-                (request.experiment_keys, request.feature_keys)
-            };
-        let mut tracker = self.load_profile(&user.user_id, false).await;
-        let mut events = Vec::new();
-        let mut out = Vec::with_capacity(experiment_keys.len() + feature_keys.len());
-        let counts = &self.metrics.decision_counts;
-        {
-            let overrides = self.overrides[snap.index].read().ok();
-            let forced = overrides.as_deref().filter(|o| !o.is_empty());
-            let decider = || {
-                let mut d = Decider::new(config, user);
-                d.forced = forced;
-                d
-            };
-            for key in experiment_keys {
-                let Some(idx) = config.experiment_by_key(key) else {
-                    out.push(Activated::Experiment {
-                        key: key.clone(),
-                        answer: Err(ServiceError::UnknownExperiment(key.clone())),
-                    });
-                    continue;
-                };
-                let mut d = decider();
-                let v = if request.track {
-                    d.activate(idx, tracker.as_mut(), &mut events, &mut Clock)
-                } else {
-                    d.experiment_variation(idx, tracker.as_mut())
-                };
-                match v {
-                    Some(_) => counts.experiment_variation.inc(),
-                    None => counts.experiment_none.inc(),
-                }
-                let exp = &config.experiments[idx];
-                let variation = v.map(|v| &exp.variations[v]);
-                out.push(Activated::Experiment {
-                    key: key.clone(),
-                    answer: Ok(ExperimentAnswer {
-                        experiment_key: exp.key.clone(),
-                        experiment_id: exp.id.clone(),
-                        variation_key: variation.map(|v| v.key.clone()),
-                        variation_id: variation.map(|v| v.id.clone()),
-                        reasons: d.reasons.take(),
-                        buckets: d.buckets(idx),
-                        bucketing_id: user.bucketing_id().to_string(),
-                    }),
-                });
-            }
-            let options = DecideOptions {
-                disable_decision_event: !request.track,
-                ..DecideOptions::default()
-            };
-            for key in feature_keys {
-                let decision = config.flag_by_key(key).and_then(|_| {
-                    decider()
-                        .decide(
-                            Some(&[key.as_str()]),
-                            options,
-                            tracker.as_mut(),
-                            &mut events,
-                            &mut Clock,
-                        )
-                        .pop()
-                });
-                if let Some(d) = &decision {
-                    match d.enabled {
-                        true => counts.flag_enabled.inc(),
-                        false => counts.flag_disabled.inc(),
-                    }
-                }
-                out.push(Activated::Feature {
-                    key: key.clone(),
-                    decision,
-                });
-            }
-        }
-        self.finish(tracker, events).await;
-        out
     }
 
     /// `track`: records a conversion for a declared event.
