@@ -11,8 +11,8 @@
 
 use crate::config::Settings;
 use crate::flusher::{Flusher, FlusherError};
-use crate::http::status::Status;
-use crate::http::{App as HttpState, HttpConfig};
+use crate::http::ops::status::Status;
+use crate::http::{HttpConfig, HttpState};
 use crate::metrics::Metrics;
 use crate::service::{events, profiles::ProfileGateway, Service};
 use crate::signal::Reloads;
@@ -158,9 +158,9 @@ impl App {
         ));
 
         let (listener, addr) = bind("", settings.server.listen).await?;
-        let http = Arc::new(HttpState {
+        let http = Arc::new(HttpState::new(
             service,
-            config: HttpConfig {
+            HttpConfig {
                 trust_forwarded_for: settings.server.trust_forwarded_for,
                 max_body_bytes: settings.server.max_body_bytes,
                 max_query_bytes: settings.server.max_query_bytes,
@@ -168,7 +168,7 @@ impl App {
                 header_read_timeout: settings.server.header_read_timeout,
                 admin_token: settings.admin_token.clone(),
             },
-        });
+        ));
         Ok(Self {
             mode: Mode::Serve,
             grace: settings.server.shutdown_grace,
@@ -236,7 +236,7 @@ impl App {
                 Some(server)
             }
             Server::Status(listener, addr, status) => {
-                let server = crate::http::status::serve(listener, status, stop.clone());
+                let server = crate::http::ops::status::serve(listener, status, stop.clone());
                 let server = tokio::spawn(server);
                 tracing::info!(%addr, "flusher metrics and health at /metrics, /health");
                 Some(server)

@@ -4,9 +4,14 @@
 //! event sink. HTTP handlers call it; it never blocks on the event queue, and waits on a profile
 //! save only in `profiles.save = "sync"` mode.
 
+mod activate;
 pub mod breaker;
 pub mod events;
 pub mod profiles;
+mod projects;
+
+pub use activate::{ActivateRequest, ActivateScope, Activated};
+pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 
 use crate::core::events::{conversion, EventStamp};
 use crate::core::{
@@ -29,8 +34,6 @@ pub enum ServiceError {
     NotReady(String),
     #[error("unknown experiment key {0:?}")]
     UnknownExperiment(String),
-    #[error("unknown flag key {0:?}")]
-    UnknownFlag(String),
     #[error("unknown event key {0:?}")]
     UnknownEvent(String),
     #[error("{0}")]
@@ -39,6 +42,9 @@ pub enum ServiceError {
     OverridesDisabled,
     #[error("profile store is not configured (profiles.type = \"none\")")]
     NoProfileStore,
+    /// A pushed datafile was refused (the current one stays).
+    #[error("{0}")]
+    InvalidDatafile(String),
 }
 
 /// Stamps events with a v4 uuid and the current time.
@@ -85,17 +91,33 @@ pub struct Service {
     pub enable_overrides: bool,
 }
 
-/// A project and the datafile it serves right now (one atomic load per request).
-pub struct Snapshot {
-    pub index: usize,
-    pub project: Arc<Project>,
-    pub datafile: Arc<LoadedDatafile>,
+/// A project pinned to the datafile it serves right now: one atomic load per request, so every
+/// decision of the request sees the same revision even if a new datafile lands meanwhile.
+pub struct PinnedProject {
+    index: usize,
+    project: Arc<Project>,
+    datafile: Arc<LoadedDatafile>,
 }
 
-impl Snapshot {
+impl PinnedProject {
     /// The parsed project.
     pub fn config(&self) -> &ProjectConfig {
         &self.datafile.config
+    }
+
+    /// The project's configured name.
+    pub fn name(&self) -> &str {
+        &self.project.settings.name
+    }
+
+    /// Where the pinned datafile came from (`file:<path>`, `url:<url>`, `admin`, `bundled`, ...).
+    pub fn origin(&self) -> &str {
+        &self.datafile.origin
+    }
+
+    /// When the pinned datafile was installed.
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.datafile.loaded_at
     }
 }
 
@@ -123,7 +145,7 @@ impl Service {
     }
 
     /// The project an SDK key selects (the first project without one).
-    pub fn project(&self, sdk_key: Option<&str>) -> Result<(usize, Arc<Project>), ServiceError> {
+    fn project(&self, sdk_key: Option<&str>) -> Result<(usize, Arc<Project>), ServiceError> {
         match sdk_key {
             None | Some("") => self
                 .projects
@@ -139,13 +161,13 @@ impl Service {
         }
     }
 
-    /// The project and its current datafile.
-    pub fn snapshot(&self, sdk_key: Option<&str>) -> Result<Snapshot, ServiceError> {
+    /// The project an SDK key selects, pinned to its current datafile.
+    pub fn pin(&self, sdk_key: Option<&str>) -> Result<PinnedProject, ServiceError> {
         let (index, project) = self.project(sdk_key)?;
         let datafile = project
             .current()
             .ok_or_else(|| ServiceError::NotReady(project.settings.name.clone()))?;
-        Ok(Snapshot {
+        Ok(PinnedProject {
             index,
             project,
             datafile,
@@ -177,7 +199,7 @@ impl Service {
     /// Decides an experiment for a user; records the impression when `activate` and bucketed.
     pub async fn experiment(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         experiment_key: &str,
         user: &UserContext,
         activate: bool,
@@ -223,7 +245,7 @@ impl Service {
     /// `decide` for some flags (`None`: all), with one profile lookup for all of them.
     pub async fn decide(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         keys: Option<&[&str]>,
         user: &UserContext,
         options: DecideOptions,
@@ -251,7 +273,7 @@ impl Service {
     /// `track`: records a conversion for a declared event.
     pub async fn track(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         event_key: &str,
         user_id: &str,
         attributes: &Attributes,
@@ -272,28 +294,38 @@ impl Service {
         })
     }
 
-    /// Sets (or clears with `None`) a forced variation.
+    /// Sets (or clears with `None`) a forced variation; returns the key of the one it replaces.
+    ///
+    /// Reads only the override map: no decision is made and no profile is touched.
     pub fn set_override(
         &self,
-        snap: &Snapshot,
+        snap: &PinnedProject,
         experiment_key: &str,
         user_id: &str,
         variation_key: Option<&str>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<String>, ServiceError> {
         if !self.enable_overrides {
             return Err(ServiceError::OverridesDisabled);
         }
+        let config = snap.config();
         let mut guard = self.overrides[snap.index]
             .write()
             .map_err(|_| ServiceError::BadInput("override table unavailable".into()))?;
+        let previous = config.experiment_by_key(experiment_key).and_then(|idx| {
+            let exp = &config.experiments[idx];
+            let id = guard.get(user_id, &exp.id)?;
+            exp.variation_by_id(id)
+                .map(|v| exp.variations[v].key.clone())
+        });
         guard
-            .set(snap.config(), experiment_key, user_id, variation_key)
+            .set(config, experiment_key, user_id, variation_key)
             .map_err(|e| match e {
                 crate::core::overrides::OverrideError::UnknownExperiment(k) => {
                     ServiceError::UnknownExperiment(k)
                 }
                 other => ServiceError::BadInput(other.to_string()),
-            })
+            })?;
+        Ok(previous)
     }
 
     /// A user's stored profile (`/v1/lookup`).

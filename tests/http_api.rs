@@ -7,7 +7,7 @@ mod common;
 
 use bucketd::core::{Decider, ProjectConfig, UserContext};
 use bucketd::source::BUNDLED_DATAFILE;
-use common::{all_to, spawn_app};
+use common::{all_to, metric, spawn_app};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
@@ -238,6 +238,95 @@ async fn agent_endpoints_have_agent_shapes() {
         )
         .await;
     assert_eq!(status, 400);
+}
+
+/// Profile-store lookups the daemon at `app` has made so far (the read cache is off by default,
+/// so every gateway lookup reaches the store).
+async fn profile_lookups(app: &common::TestApp) -> f64 {
+    metric(
+        &app.base,
+        "bucketd_profile_operations_total{backend=\"memory\",op=\"lookup\",outcome=\"ok\"}",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn activate_makes_one_profile_lookup_per_request() {
+    let app = spawn_app("activate-lookups", &[]).await;
+    let before = profile_lookups(&app).await;
+    let (status, acts) = app
+        .post_json(
+            "/v1/activate?experimentKey=checkout_flow_experiment,platinum_pricing_test&featureKey=new_checkout",
+            &json!({"userId": "one-lookup", "userAttributes": {"tier": "platinum"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(acts.as_array().unwrap().len(), 3);
+    assert_eq!(
+        profile_lookups(&app).await - before,
+        1.0,
+        "three keys, one lookup"
+    );
+    // No key: every experiment and flag, still one lookup.
+    let (_, all) = app
+        .post_json("/v1/activate", &json!({"userId": "one-lookup-all"}))
+        .await;
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    assert_eq!(profile_lookups(&app).await - before, 2.0);
+    // The decisions of one request share the profile: what the first one stored, the rest see,
+    // and the request saves it once.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, p) = app
+        .post_json("/v1/lookup", &json!({"userId": "one-lookup"}))
+        .await;
+    assert!(
+        !p["experiment_bucket_map"].as_object().unwrap().is_empty(),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn override_reads_the_override_map_and_saves_no_profile() {
+    let app = spawn_app(
+        "override-map",
+        &[("BUCKETD__API__ENABLE_OVERRIDES", "true".into())],
+    )
+    .await;
+    let user = "ov";
+    assert!(
+        expected_variation("checkout_flow_experiment", user, json!({})).is_some(),
+        "a decision would bucket (and store) this user"
+    );
+    let before = profile_lookups(&app).await;
+    let set = |variation: &'static str| {
+        let body = json!({"userId": user, "experimentKey": "checkout_flow_experiment", "variationKey": variation});
+        let app = &app;
+        async move { app.post_json("/v1/override", &body).await }
+    };
+    let (status, o) = set("control").await;
+    assert_eq!(status, 200);
+    assert_eq!(o["variationKey"], "control");
+    assert_eq!(o["prevVariationKey"], "", "no override before");
+    assert_eq!(o["messages"], json!([]));
+    let (_, o) = set("variation_a").await;
+    assert_eq!(o["prevVariationKey"], "control");
+    let (_, o) = set("").await;
+    assert_eq!(
+        (o["variationKey"].clone(), o["prevVariationKey"].clone()),
+        (json!(""), json!("variation_a"))
+    );
+    assert_eq!(
+        profile_lookups(&app).await - before,
+        0.0,
+        "an override makes no decision"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, p) = app.post_json("/v1/lookup", &json!({"userId": user})).await;
+    assert_eq!(
+        p["experiment_bucket_map"],
+        json!({}),
+        "an override saves no profile"
+    );
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
 //! `GET /bucketer?e=EXPERIMENT&u=USER&a=ATTRS&debug=1` — the classic Lambda bucketer call —
-//! and its flag form `f=FLAG`.
+//! and its flag form `f=FLAG`. With `debug`, the answer adds the ids, bucket numbers, reasons
+//! and a summary of the datafile it came from.
 
 use super::error::ApiError;
-use super::params::{parse_attributes, Query};
-use super::{json, sdk_key, App, Resp};
+use super::params::{parse_attributes, sdk_key, Query};
+use super::response::{json, Resp};
+use super::HttpState;
 use crate::core::{DecideOptions, UserContext};
-use crate::service::Snapshot;
+use crate::service::PinnedProject;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::net::SocketAddr;
 
 /// The caller's address: the first `X-Forwarded-For` hop when trusted, else the peer.
@@ -28,49 +31,105 @@ fn client_ip(req: &Request<Incoming>, peer: SocketAddr, trust_forwarded_for: boo
     peer.ip().to_string()
 }
 
-fn datafile_summary(snap: &Snapshot) -> Value {
-    let c = snap.config();
-    json!({
-        "experiments": c.experiment_count(),
-        "flags": c.flags.len(),
-        "audiences": c.audiences.len(),
-        "events": c.events.len(),
-        "rollouts": c.rollouts.len(),
-        "sdk_key": c.sdk_key,
-        "environment_key": c.environment_key,
-        "version": c.version,
-        "loaded_at": humantime::format_rfc3339_millis(snap.datafile.loaded_at).to_string(),
-        "source": snap.datafile.origin,
-        "project": snap.project.settings.name,
-    })
+/// The datafile a debug answer came from.
+#[derive(Serialize)]
+struct DatafileSummary<'a> {
+    experiments: usize,
+    flags: usize,
+    audiences: usize,
+    events: usize,
+    rollouts: usize,
+    sdk_key: &'a Option<String>,
+    environment_key: &'a Option<String>,
+    version: &'a str,
+    loaded_at: String,
+    source: &'a str,
+    project: &'a str,
 }
 
-fn debug_fields(
-    out: &mut Map<String, Value>,
-    snap: &Snapshot,
+/// The fields `debug=1` adds, after the answer's own.
+#[derive(Serialize)]
+struct Debug<'a, B> {
+    account_id: &'a str,
+    project_id: &'a str,
+    revision: &'a str,
+    bucket: B,
     reasons: Vec<String>,
-    bucket: Value,
-) {
-    let c = snap.config();
-    out.insert("account_id".into(), json!(c.account_id));
-    out.insert("project_id".into(), json!(c.project_id));
-    out.insert("revision".into(), json!(c.revision));
-    out.insert("bucket".into(), bucket);
-    out.insert("reasons".into(), json!(reasons));
-    out.insert("datafile".into(), datafile_summary(snap));
+    datafile: DatafileSummary<'a>,
 }
 
-/// The experiment answer without `debug`.
-#[derive(serde::Serialize)]
+impl<'a, B> Debug<'a, B> {
+    fn new(pin: &'a PinnedProject, bucket: B, reasons: Vec<String>) -> Self {
+        let c = pin.config();
+        Self {
+            account_id: &c.account_id,
+            project_id: &c.project_id,
+            revision: &c.revision,
+            bucket,
+            reasons,
+            datafile: DatafileSummary {
+                experiments: c.experiment_count(),
+                flags: c.flags.len(),
+                audiences: c.audiences.len(),
+                events: c.events.len(),
+                rollouts: c.rollouts.len(),
+                sdk_key: &c.sdk_key,
+                environment_key: &c.environment_key,
+                version: &c.version,
+                loaded_at: humantime::format_rfc3339_millis(pin.loaded_at()).to_string(),
+                source: pin.origin(),
+                project: pin.name(),
+            },
+        }
+    }
+}
+
+/// An experiment answer.
+#[derive(Serialize)]
 struct ExperimentOut<'a> {
     experiment_key: &'a str,
     user_id: &'a str,
     variation_key: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    debug: Option<ExperimentDebug<'a>>,
 }
 
-/// The bucketer handler.
+#[derive(Serialize)]
+struct ExperimentDebug<'a> {
+    experiment_id: &'a str,
+    variation_id: Option<&'a str>,
+    #[serde(flatten)]
+    rest: Debug<'a, ExperimentBucket<'a>>,
+}
+
+#[derive(Serialize)]
+struct ExperimentBucket<'a> {
+    bucketing_id: &'a str,
+    group_bucket: Option<u32>,
+    experiment_bucket: u32,
+}
+
+/// A flag answer.
+#[derive(Serialize)]
+struct FlagOut<'a> {
+    flag_key: &'a str,
+    user_id: &'a str,
+    enabled: bool,
+    variation_key: Option<&'a str>,
+    rule_key: Option<&'a str>,
+    variables: &'a Map<String, Value>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    debug: Option<Debug<'a, FlagBucket<'a>>>,
+}
+
+#[derive(Serialize)]
+struct FlagBucket<'a> {
+    bucketing_id: &'a str,
+}
+
+/// The handler.
 pub async fn bucketer(
-    app: &App,
+    state: &HttpState,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Resp, ApiError> {
@@ -85,71 +144,78 @@ pub async fn bucketer(
     }
     let user_id = match q.get("u") {
         Some(u) if !u.is_empty() => u.to_string(),
-        _ => client_ip(&req, peer, app.config.trust_forwarded_for),
+        _ => client_ip(&req, peer, state.trust_forwarded_for),
     };
     let attributes = match q.get("a") {
-        Some(a) => parse_attributes(a, app.config.max_attributes)
+        Some(a) => parse_attributes(a, state.limits.max_attributes)
             .map_err(|e| ApiError::BadRequest(format!("query parameter `a`: {e}")))?,
         None => Map::new(),
     };
-    let snap = app.service.snapshot(sdk_key(&req).as_deref())?;
+    let pin = state.service.pin(sdk_key(&req).as_deref())?;
     let user = UserContext::new(user_id, attributes);
     let user_id = user.user_id.as_str();
-    let mut out = Map::new();
     if let Some(key) = experiment {
-        let answer = app
+        let answer = state
             .service
-            .experiment(&snap, key, &user, true, debug)
+            .experiment(&pin, key, &user, true, debug)
             .await?;
-        if !debug {
-            // The common answer, written without building a JSON tree.
-            return Ok(json(
-                StatusCode::OK,
-                &ExperimentOut {
-                    experiment_key: &answer.experiment_key,
-                    user_id,
-                    variation_key: answer.variation_key.as_deref(),
+        let debug = debug.then(|| ExperimentDebug {
+            experiment_id: &answer.experiment_id,
+            variation_id: answer.variation_id.as_deref(),
+            rest: Debug::new(
+                &pin,
+                ExperimentBucket {
+                    bucketing_id: &answer.bucketing_id,
+                    group_bucket: answer.buckets.0,
+                    experiment_bucket: answer.buckets.1,
                 },
-            ));
-        }
-        out.insert("experiment_key".into(), json!(answer.experiment_key));
-        out.insert("user_id".into(), json!(user_id));
-        out.insert("variation_key".into(), json!(answer.variation_key));
-        if debug {
-            out.insert("experiment_id".into(), json!(answer.experiment_id));
-            out.insert("variation_id".into(), json!(answer.variation_id));
-            let bucket = json!({
-                "bucketing_id": answer.bucketing_id,
-                "group_bucket": answer.buckets.0,
-                "experiment_bucket": answer.buckets.1,
-            });
-            debug_fields(&mut out, &snap, answer.reasons, bucket);
-        }
-    } else if let Some(key) = flag {
-        if snap.config().flag_by_key(key).is_none() {
-            return Err(ApiError::NotFound(format!("unknown flag key {key:?}")));
-        }
-        let options = DecideOptions {
-            include_reasons: debug,
-            ..DecideOptions::default()
-        };
-        let mut decisions = app
-            .service
-            .decide(&snap, Some(&[key]), &user, options)
-            .await?;
-        let d = decisions
-            .pop()
-            .ok_or_else(|| ApiError::Internal("decide returned nothing".into()))?;
-        out.insert("flag_key".into(), json!(d.flag_key));
-        out.insert("user_id".into(), json!(user_id));
-        out.insert("enabled".into(), json!(d.enabled));
-        out.insert("variation_key".into(), json!(d.variation_key));
-        out.insert("rule_key".into(), json!(d.rule_key));
-        out.insert("variables".into(), Value::Object(d.variables));
-        if debug {
-            let bucket = json!({ "bucketing_id": user.bucketing_id() });
-            debug_fields(&mut out, &snap, d.reasons, bucket);
-        }
+                answer.reasons.clone(),
+            ),
+        });
+        return Ok(json(
+            StatusCode::OK,
+            &ExperimentOut {
+                experiment_key: &answer.experiment_key,
+                user_id,
+                variation_key: answer.variation_key.as_deref(),
+                debug,
+            },
+        ));
     }
-    Ok(json(StatusCode::OK, &Value::Object(out)))
+    let key = flag.unwrap_or_default();
+    if pin.config().flag_by_key(key).is_none() {
+        return Err(ApiError::NotFound(format!("unknown flag key {key:?}")));
+    }
+    let options = DecideOptions {
+        include_reasons: debug,
+        ..DecideOptions::default()
+    };
+    let mut decisions = state
+        .service
+        .decide(&pin, Some(&[key]), &user, options)
+        .await?;
+    let d = decisions
+        .pop()
+        .ok_or_else(|| ApiError::Internal("decide returned nothing".into()))?;
+    let debug = debug.then(|| {
+        Debug::new(
+            &pin,
+            FlagBucket {
+                bucketing_id: user.bucketing_id(),
+            },
+            d.reasons.clone(),
+        )
+    });
+    Ok(json(
+        StatusCode::OK,
+        &FlagOut {
+            flag_key: &d.flag_key,
+            user_id,
+            enabled: d.enabled,
+            variation_key: d.variation_key.as_deref(),
+            rule_key: d.rule_key.as_deref(),
+            variables: &d.variables,
+            debug,
+        },
+    ))
 }

@@ -54,12 +54,12 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::UnknownProject(_)
             | ServiceError::UnknownExperiment(_)
-            | ServiceError::UnknownFlag(_)
             | ServiceError::UnknownEvent(_) => Self::NotFound(msg),
             ServiceError::NotReady(_) => Self::Unavailable(msg),
             ServiceError::BadInput(_) => Self::BadRequest(msg),
             ServiceError::OverridesDisabled => Self::Forbidden(msg),
             ServiceError::NoProfileStore => Self::NotFound(msg),
+            ServiceError::InvalidDatafile(_) => Self::Unprocessable(msg),
         }
     }
 }

@@ -1,12 +1,33 @@
-//! Request parameters: query strings, and the classic bucketer's `a=` attribute syntax.
+//! Request parameters: query strings, the `X-Optimizely-SDK-Key` header, JSON bodies, and the
+//! classic bucketer's `a=` attribute syntax.
 //!
 //! `a` is either a JSON object (`{"tier":"platinum","age":31}`, types kept) or the classic list
 //! `tier:"platinum",zip:07020,beta:true,age:31`: a double-quoted value is a string (with `\"`
 //! and `\\` escapes), `true`/`false` are booleans, a JSON number without a leading zero is a
 //! number, anything else is a string (so `zip:07020` is the string `"07020"`).
 
+use super::error::ApiError;
 use crate::core::Attributes;
+use hyper::Request;
 use serde_json::Value;
+
+/// The `X-Optimizely-SDK-Key` header, which selects the project (absent: the first one).
+pub fn sdk_key<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get("x-optimizely-sdk-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Parses a JSON body into `T`, with a message naming the problem.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("request body required (JSON)".into()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
 
 /// A parsed query string (repeated keys kept in order).
 #[derive(Debug, Default)]

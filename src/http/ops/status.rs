@@ -1,56 +1,71 @@
-//! The standalone flusher's own small HTTP endpoint (`bucketd flush`,
-//! `flusher.metrics_listen`): `GET /metrics` (Prometheus text) and `GET /health` (whether the
-//! event queue answers). Everything else is a 404 with a JSON error.
+//! The standalone flusher's own small HTTP server (`bucketd flush`, `flusher.metrics_listen`):
+//! `GET /metrics` (Prometheus text) and `GET /health` (whether the event queue answers).
+//! Anything but GET/HEAD is a 405 and any other path a 404, both with a JSON error.
 
-use super::{empty, json, Resp};
+use crate::http::response::{empty, json, prometheus, ErrorBody, Resp};
 use crate::metrics::Metrics;
 use backends::EventQueue;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde::Serialize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the status endpoint reports on.
+/// What the status server reports on.
 pub struct Status {
     pub metrics: Arc<Metrics>,
     pub queue: Arc<dyn EventQueue>,
+}
+
+/// The queue's health.
+#[derive(Debug, Serialize)]
+struct QueueHealth<'a> {
+    status: &'static str,
+    queue: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 async fn handle(status: &Status, req: &Request<Incoming>) -> Resp {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "only GET is supported here"}),
+            &ErrorBody {
+                error: "only GET is supported here",
+            },
         );
     }
     match req.uri().path() {
-        "/metrics" => {
-            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-                status.metrics.render(),
-            )));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
+        "/metrics" => prometheus(status.metrics.render()),
+        "/health" => {
+            let queue = status.queue.backend();
+            match status.queue.health().await {
+                Ok(()) => json(
+                    StatusCode::OK,
+                    &QueueHealth {
+                        status: "ok",
+                        queue,
+                        error: None,
+                    },
+                ),
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &QueueHealth {
+                        status: "degraded",
+                        queue,
+                        error: Some(&e.to_string()),
+                    },
+                ),
+            }
         }
-        "/health" => match status.queue.health().await {
-            Ok(()) => json(
-                StatusCode::OK,
-                &json!({"status": "ok", "queue": status.queue.backend()}),
-            ),
-            Err(e) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "degraded", "queue": status.queue.backend(), "error": e.to_string()}),
-            ),
-        },
         "/favicon.ico" => empty(StatusCode::NOT_FOUND),
         path => json(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no such endpoint: {path} (try /metrics or /health)")}),
+            &ErrorBody {
+                error: &format!("no such endpoint: {path} (try /metrics or /health)"),
+            },
         ),
     }
 }

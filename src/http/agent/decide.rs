@@ -1,0 +1,74 @@
+//! `POST /v1/decide?keys=...`: flag decisions; one key → one object, several or none → an
+//! array.
+
+use super::{body, UserBody, UserContextOut};
+use crate::core::{DecideOptions, FlagDecision, UserContext};
+use crate::http::error::ApiError;
+use crate::http::params::{sdk_key, Query};
+use crate::http::response::{json, Resp};
+use crate::http::HttpState;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// An Agent `OptimizelyDecision`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Decision<'a> {
+    flag_key: String,
+    enabled: bool,
+    variation_key: String,
+    rule_key: String,
+    variables: Map<String, Value>,
+    user_context: UserContextOut<'a>,
+    reasons: Vec<String>,
+}
+
+impl<'a> Decision<'a> {
+    fn new(d: FlagDecision, user: &'a UserContext) -> Self {
+        Self {
+            flag_key: d.flag_key,
+            enabled: d.enabled,
+            variation_key: d.variation_key.unwrap_or_default(),
+            rule_key: d.rule_key.unwrap_or_default(),
+            variables: d.variables,
+            user_context: UserContextOut {
+                user_id: &user.user_id,
+                attributes: &user.attributes,
+            },
+            reasons: d.reasons,
+        }
+    }
+}
+
+/// The handler.
+pub async fn decide(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let q = Query::parse(req.uri().query());
+    let keys: Vec<String> = q.all("keys").into_iter().map(str::to_owned).collect();
+    let key = sdk_key(&req);
+    let b: UserBody = body(state, req).await?;
+    let user = b.user(state)?;
+    let mut options = DecideOptions::parse(b.decide_options.iter().map(String::as_str))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let pin = state.service.pin(key.as_deref())?;
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if key_refs.len() == 1 {
+        // As in the SDKs, a single-key decide ignores ENABLED_FLAGS_ONLY.
+        options.enabled_flags_only = false;
+    }
+    let selected = (!key_refs.is_empty()).then_some(key_refs.as_slice());
+    let decisions = state.service.decide(&pin, selected, &user, options).await?;
+    if key_refs.len() == 1 {
+        let d = decisions
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("decide returned nothing".into()))?;
+        return Ok(json(StatusCode::OK, &Decision::new(d, &user)));
+    }
+    let all: Vec<Decision<'_>> = decisions
+        .into_iter()
+        .map(|d| Decision::new(d, &user))
+        .collect();
+    Ok(json(StatusCode::OK, &all))
+}

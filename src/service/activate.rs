@@ -1,0 +1,156 @@
+//! `activate`: several experiment and feature decisions for one user with one profile lookup and
+//! at most one profile save (the Agent's `/v1/activate`).
+
+use super::{Clock, ExperimentAnswer, PinnedProject, Service, ServiceError};
+use crate::core::{DecideOptions, Decider, FlagDecision, ProjectConfig, UserContext};
+
+/// Which decisions `activate` makes when the request names no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivateScope {
+    /// Every experiment (not rollout rules) and every flag.
+    All,
+    Experiments,
+    Features,
+}
+
+/// What `activate` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivateRequest<'a> {
+    pub experiment_keys: &'a [String],
+    pub feature_keys: &'a [String],
+    /// Used only when both key lists are empty.
+    pub scope: ActivateScope,
+    /// Record impressions (`disableTracking` off).
+    pub track: bool,
+}
+
+/// One answer of `activate`, in request order (experiments first, then features).
+#[derive(Debug)]
+pub enum Activated {
+    Experiment {
+        key: String,
+        answer: Result<ExperimentAnswer, ServiceError>,
+    },
+    Feature {
+        key: String,
+        /// `None` for a key the datafile does not declare.
+        decision: Option<FlagDecision>,
+    },
+}
+
+/// The keys `activate` decides when the request names none: every experiment that is not a
+/// rollout rule, and every flag, as the scope allows.
+fn default_keys(config: &ProjectConfig, scope: ActivateScope) -> (Vec<String>, Vec<String>) {
+    let experiments = match scope {
+        ActivateScope::Features => Vec::new(),
+        _ => config
+            .experiments
+            .iter()
+            .filter(|e| !e.is_rollout_rule)
+            .map(|e| e.key.clone())
+            .collect(),
+    };
+    let features = match scope {
+        ActivateScope::Experiments => Vec::new(),
+        _ => config.flags.iter().map(|f| f.key.clone()).collect(),
+    };
+    (experiments, features)
+}
+
+impl Service {
+    /// `/v1/activate`: experiment and feature decisions for one user with one profile lookup
+    /// and at most one profile save for the whole request.
+    ///
+    /// Keys are decided in request order (repeats included) and share the request's profile
+    /// state; an unknown key is an answer, not a failure of the request.
+    pub async fn activate(
+        &self,
+        snap: &PinnedProject,
+        user: &UserContext,
+        request: ActivateRequest<'_>,
+    ) -> Vec<Activated> {
+        let config = snap.config();
+        let defaults;
+        let (experiment_keys, feature_keys) =
+            if request.experiment_keys.is_empty() && request.feature_keys.is_empty() {
+                defaults = default_keys(config, request.scope);
+                (defaults.0.as_slice(), defaults.1.as_slice())
+            } else {
+                (request.experiment_keys, request.feature_keys)
+            };
+        let mut tracker = self.load_profile(&user.user_id, false).await;
+        let mut events = Vec::new();
+        let mut out = Vec::with_capacity(experiment_keys.len() + feature_keys.len());
+        let counts = &self.metrics.decision_handles;
+        {
+            let overrides = self.overrides[snap.index].read().ok();
+            let forced = overrides.as_deref().filter(|o| !o.is_empty());
+            let decider = || {
+                let mut d = Decider::new(config, user);
+                d.forced = forced;
+                d
+            };
+            for key in experiment_keys {
+                let answer = match config.experiment_by_key(key) {
+                    None => Err(ServiceError::UnknownExperiment(key.clone())),
+                    Some(idx) => {
+                        let mut d = decider();
+                        let v = if request.track {
+                            d.activate(idx, tracker.as_mut(), &mut events, &mut Clock)
+                        } else {
+                            d.experiment_variation(idx, tracker.as_mut())
+                        };
+                        match v {
+                            Some(_) => counts.experiment_variation.inc(),
+                            None => counts.experiment_none.inc(),
+                        }
+                        let exp = &config.experiments[idx];
+                        let variation = v.map(|v| &exp.variations[v]);
+                        Ok(ExperimentAnswer {
+                            experiment_key: exp.key.clone(),
+                            experiment_id: exp.id.clone(),
+                            variation_key: variation.map(|v| v.key.clone()),
+                            variation_id: variation.map(|v| v.id.clone()),
+                            reasons: d.reasons.take(),
+                            buckets: d.buckets(idx),
+                            bucketing_id: user.bucketing_id().to_string(),
+                        })
+                    }
+                };
+                out.push(Activated::Experiment {
+                    key: key.clone(),
+                    answer,
+                });
+            }
+            let options = DecideOptions {
+                disable_decision_event: !request.track,
+                ..DecideOptions::default()
+            };
+            for key in feature_keys {
+                let decision = config.flag_by_key(key).and_then(|_| {
+                    let keys = [key.as_str()];
+                    decider()
+                        .decide(
+                            Some(&keys),
+                            options,
+                            tracker.as_mut(),
+                            &mut events,
+                            &mut Clock,
+                        )
+                        .pop()
+                });
+                match decision.as_ref().map(|d| d.enabled) {
+                    Some(true) => counts.flag_enabled.inc(),
+                    Some(false) => counts.flag_disabled.inc(),
+                    None => {}
+                }
+                out.push(Activated::Feature {
+                    key: key.clone(),
+                    decision,
+                });
+            }
+        }
+        self.finish(tracker, events).await;
+        out
+    }
+}
