@@ -39,21 +39,20 @@ fn decisions(c: &mut Criterion) {
     g.bench_function("experiment_decision", |b| {
         b.iter(|| {
             i = (i + 1) % users.len();
-            let mut d = Decider::new(&config, &users[i]);
-            black_box(d.experiment_variation(black_box(exp), None))
+            let d = Decider::new(&config, &users[i]);
+            black_box(d.variation(black_box(exp), None))
         })
     });
     let options = DecideOptions {
         disable_decision_event: true,
         ..DecideOptions::default()
     };
-    let mut events = Vec::new();
     let mut stamp = || (String::new(), 0u64);
     g.bench_function("decide_all_24_flags", |b| {
         b.iter(|| {
             i = (i + 1) % users.len();
-            let mut d = Decider::new(&config, &users[i]);
-            black_box(d.decide(None, options, None, &mut events, &mut stamp))
+            let d = Decider::new(&config, &users[i]);
+            black_box(d.decide(None, options, None, &mut stamp))
         })
     });
     g.bench_function("bucket_value_murmur3", |b| {

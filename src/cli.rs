@@ -205,12 +205,12 @@ pub fn decide(
         None => Map::new(),
     };
     let user = UserContext::new(user, attributes);
-    let mut decider = Decider::new(&config, &user);
+    let decider = Decider::new(&config, &user);
     let out = if let Some(key) = experiment {
         let idx = config
             .experiment_by_key(key)
             .ok_or_else(|| anyhow!("unknown experiment key {key:?}"))?;
-        let v = decider.experiment_variation(idx, None);
+        let v = decider.variation(idx, None).decision.variation;
         json!({
             "experiment_key": key,
             "user_id": user.user_id,
@@ -225,9 +225,8 @@ pub fn decide(
             ..DecideOptions::default()
         };
         let d = decider
-            .decide(Some(&[key]), options, None, &mut Vec::new(), &mut || {
-                (String::new(), 0)
-            })
+            .decide(Some(&[key]), options, None, &mut || (String::new(), 0))
+            .decision
             .pop()
             .ok_or_else(|| anyhow!("no decision"))?;
         json!({

@@ -13,10 +13,11 @@ mod projects;
 pub use activate::{ActivateRequest, ActivateScope, Activated};
 pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 
-use crate::core::events::{conversion, EventStamp};
+use crate::core::emit::conversion;
+use crate::core::events::EventStamp;
 use crate::core::{
-    Attributes, DecideOptions, Decider, FlagDecision, ForcedVariations, ProfileTracker,
-    ProjectConfig, UserContext, UserEvent, UserProfile,
+    Attributes, DecideOptions, Decider, FlagDecision, ForcedVariations, ProjectConfig, UserContext,
+    UserEvent, UserProfile,
 };
 use crate::metrics::Metrics;
 use crate::source::{LoadedDatafile, Project};
@@ -179,20 +180,21 @@ impl Service {
         self.projects.iter().all(|p| p.current().is_some())
     }
 
-    async fn load_profile(&self, user_id: &str, ignore: bool) -> Option<ProfileTracker> {
+    /// The stored profile (an empty one when the store holds none); `None` without a store.
+    async fn load_profile(&self, user_id: &str, ignore: bool) -> Option<UserProfile> {
         if !self.profiles.enabled() || ignore {
             return None;
         }
         let loaded = self.profiles.lookup(user_id).await;
-        Some(ProfileTracker::new(user_id, loaded))
+        Some(loaded.unwrap_or_else(|| UserProfile::new(user_id)))
     }
 
-    async fn finish(&self, tracker: Option<ProfileTracker>, events: Vec<UserEvent>) {
+    async fn finish(&self, changed: Option<UserProfile>, events: Vec<UserEvent>) {
         if !events.is_empty() {
             self.events.send(events);
         }
-        if let Some(t) = tracker.filter(|t| t.updated) {
-            self.profiles.save(&t.profile).await;
+        if let Some(profile) = changed {
+            self.profiles.save(&profile).await;
         }
     }
 
@@ -209,20 +211,20 @@ impl Service {
         let idx = config
             .experiment_by_key(experiment_key)
             .ok_or_else(|| ServiceError::UnknownExperiment(experiment_key.to_string()))?;
-        let mut tracker = self.load_profile(&user.user_id, false).await;
-        let (v, buckets, reasons, events) = {
+        let profile = self.load_profile(&user.user_id, false).await;
+        let (outcome, buckets) = {
             let overrides = self.overrides[snap.index].read().ok();
-            let mut decider = Decider::new(config, user);
-            decider.forced = overrides.as_deref().filter(|o| !o.is_empty());
-            decider.reasons = crate::core::reasons::Reasons::new(with_reasons);
-            let mut events = Vec::new();
-            let v = if activate {
-                decider.activate(idx, tracker.as_mut(), &mut events, &mut Clock)
+            let decider = Decider::new(config, user)
+                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
+                .with_reasons(with_reasons);
+            let outcome = if activate {
+                decider.activate(idx, profile.as_ref(), &mut Clock)
             } else {
-                decider.experiment_variation(idx, tracker.as_mut())
+                decider.variation(idx, profile.as_ref())
             };
-            (v, decider.buckets(idx), decider.reasons.take(), events)
+            (outcome, decider.buckets(idx))
         };
+        let v = outcome.decision.variation;
         let exp = &config.experiments[idx];
         let variation = v.map(|v| &exp.variations[v]);
         let counts = &self.metrics.decision_handles;
@@ -230,13 +232,13 @@ impl Service {
             Some(_) => counts.experiment_variation.inc(),
             None => counts.experiment_none.inc(),
         }
-        self.finish(tracker, events).await;
+        self.finish(outcome.profile, outcome.events).await;
         Ok(ExperimentAnswer {
             experiment_key: exp.key.clone(),
             experiment_id: exp.id.clone(),
             variation_key: variation.map(|v| v.key.clone()),
             variation_id: variation.map(|v| v.id.clone()),
-            reasons,
+            reasons: outcome.decision.reasons,
             buckets,
             bucketing_id: user.bucketing_id().to_string(),
         })
@@ -250,23 +252,23 @@ impl Service {
         user: &UserContext,
         options: DecideOptions,
     ) -> Result<Vec<FlagDecision>, ServiceError> {
-        let mut tracker = self
+        let profile = self
             .load_profile(&user.user_id, options.ignore_user_profile_service)
             .await;
-        let mut events = Vec::new();
-        let decisions = {
+        let outcome = {
             let overrides = self.overrides[snap.index].read().ok();
-            let mut decider = Decider::new(snap.config(), user);
-            decider.forced = overrides.as_deref().filter(|o| !o.is_empty());
-            decider.decide(keys, options, tracker.as_mut(), &mut events, &mut Clock)
+            Decider::new(snap.config(), user)
+                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
+                .decide(keys, options, profile.as_ref(), &mut Clock)
         };
+        let decisions = outcome.decision;
         let enabled = decisions.iter().filter(|d| d.enabled).count() as u64;
         let counts = &self.metrics.decision_handles;
         counts.flag_enabled.inc_by(enabled);
         counts
             .flag_disabled
             .inc_by(decisions.len() as u64 - enabled);
-        self.finish(tracker, events).await;
+        self.finish(outcome.profile, outcome.events).await;
         Ok(decisions)
     }
 

@@ -16,7 +16,9 @@ fn expected_variation(experiment: &str, user: &str, attrs: Value) -> Option<Stri
     let user = UserContext::new(user, attrs.as_object().unwrap().clone());
     let idx = config.experiment_by_key(experiment).unwrap();
     Decider::new(&config, &user)
-        .experiment_variation(idx, None)
+        .variation(idx, None)
+        .decision
+        .variation
         .map(|v| config.experiments[idx].variations[v].key.clone())
 }
 

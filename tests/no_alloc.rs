@@ -52,8 +52,8 @@ fn experiment_decisions_do_not_allocate() {
     WATCHING.with(|w| w.set(true));
     for user in &users {
         for &e in &experiments {
-            let mut d = Decider::new(&config, user);
-            if d.experiment_variation(e, None).is_some() {
+            let d = Decider::new(&config, user);
+            if d.variation(e, None).decision.variation.is_some() {
                 bucketed += 1;
             }
         }

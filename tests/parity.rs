@@ -14,8 +14,8 @@
 use bucketd::core::events::UserEvent;
 use bucketd::core::payload::{endpoint_for_region, render, Client};
 use bucketd::core::{
-    DecideOptions, Decider, ForcedDecision, ForcedVariations, ProfileTracker, ProjectConfig,
-    UserContext, UserProfile,
+    DecideOptions, Decider, ForcedDecision, ForcedVariations, ProjectConfig, UserContext,
+    UserProfile,
 };
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -160,24 +160,26 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
     for (ci, call) in u["calls"].as_array().into_iter().flatten().enumerate() {
         let op = call["op"].as_str().unwrap_or("");
         let mut events = Vec::new();
+        // The oracle's SDK has a profile service: an empty profile when nothing is stored yet.
+        let profile = stored
+            .clone()
+            .unwrap_or_else(|| UserProfile::new(user_id.clone()));
+        let mut saved: Option<UserProfile> = None;
         match op {
             "activate" | "get_variation" => {
                 let key = call["experiment_key"].as_str().unwrap_or("");
-                let mut decider = Decider::new(config, &no_segments_user);
-                decider.forced = Some(&forced);
-                let mut tracker = ProfileTracker::new(&user_id, stored.clone());
+                let decider = Decider::new(config, &no_segments_user).with_overrides(Some(&forced));
                 let got = config.experiment_by_key(key).and_then(|idx| {
-                    let v = if op == "activate" {
-                        decider.activate(idx, Some(&mut tracker), &mut events, &mut stamper)
+                    let outcome = if op == "activate" {
+                        decider.activate(idx, Some(&profile), &mut stamper)
                     } else {
-                        decider.experiment_variation(idx, Some(&mut tracker))
+                        decider.variation(idx, Some(&profile))
                     };
+                    events = outcome.events;
+                    saved = outcome.profile;
+                    let v = outcome.decision.variation;
                     v.map(|v| config.experiments[idx].variations[v].key.clone())
                 });
-                if tracker.updated {
-                    stored = Some(tracker.profile.clone());
-                    last_saved = Some(tracker.profile);
-                }
                 let got = got.map_or(Value::Null, Value::String);
                 if got != call["variation_key"] {
                     return miss(
@@ -212,21 +214,13 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                 if keys.as_ref().is_some_and(|k| k.len() == 1) {
                     options.enabled_flags_only = false;
                 }
-                let mut decider = Decider::new(config, &user);
-                decider.forced = Some(&forced);
-                let mut tracker = ProfileTracker::new(&user_id, stored.clone());
-                let decisions = decider.decide(
-                    keys.as_deref(),
-                    options,
-                    Some(&mut tracker),
-                    &mut events,
-                    &mut stamper,
-                );
-                if tracker.updated && !options.ignore_user_profile_service {
-                    stored = Some(tracker.profile.clone());
-                    last_saved = Some(tracker.profile);
-                }
-                let got: Map<String, Value> = decisions
+                let outcome = Decider::new(config, &user)
+                    .with_overrides(Some(&forced))
+                    .decide(keys.as_deref(), options, Some(&profile), &mut stamper);
+                events = outcome.events;
+                saved = outcome.profile;
+                let got: Map<String, Value> = outcome
+                    .decision
                     .into_iter()
                     .map(|d| {
                         (
@@ -249,7 +243,7 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
             "track" => {
                 let key = call["event_key"].as_str().unwrap_or("");
                 let tags = call["event_tags"].as_object();
-                if let Some(e) = bucketd::core::events::conversion(
+                if let Some(e) = bucketd::core::emit::conversion(
                     config,
                     key,
                     &user_id,
@@ -268,6 +262,10 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
                     json!(other),
                 )
             }
+        }
+        if let Some(p) = saved {
+            stored = Some(p.clone());
+            last_saved = Some(p);
         }
         if op != "get_variation" {
             let (want, got) = (theirs(&call["events"]), ours(&events));

@@ -1,6 +1,6 @@
 //! The datafile as written by Optimizely: serde structs mirroring the JSON (versions 2, 3, 4).
 //!
-//! These types are only the wire shape. [`crate::core::project::ProjectConfig`] turns them into an
+//! These types are only the wire shape. `project::ProjectConfig` turns them into an
 //! index that decisions use; nothing on the decision path reads these structs. Unknown fields are
 //! ignored, missing optional fields take the defaults the official SDKs use, and `null` where a
 //! list, map or flag is expected counts as absent.

@@ -1,5 +1,6 @@
-//! Sticky bucketing state: the user-profile schema of the SDKs' user profile service, and the
-//! tracker one request uses to read it and record new assignments.
+//! Sticky bucketing state: the user-profile schema of the SDKs' user profile service. A decision
+//! reads one and, when it records new assignments, returns the updated copy to save
+//! (`decide::Outcome::profile`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,29 +38,5 @@ impl UserProfile {
         entry.insert("variation_id".into(), Value::String(variation_id.into()));
         self.experiment_bucket_map
             .insert(experiment_id.into(), Value::Object(entry));
-    }
-}
-
-/// One request's view of a profile: what was loaded and whether it changed.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ProfileTracker {
-    pub profile: UserProfile,
-    /// True once a new assignment was recorded: the caller must save the profile.
-    pub updated: bool,
-}
-
-impl ProfileTracker {
-    /// Starts from a looked-up profile, or an empty one for `user_id` when there is none.
-    pub fn new(user_id: &str, loaded: Option<UserProfile>) -> Self {
-        Self {
-            profile: loaded.unwrap_or_else(|| UserProfile::new(user_id)),
-            updated: false,
-        }
-    }
-
-    /// Records a fresh bucketing result.
-    pub fn record(&mut self, experiment_id: &str, variation_id: &str) {
-        self.profile.save_variation(experiment_id, variation_id);
-        self.updated = true;
     }
 }

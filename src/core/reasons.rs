@@ -23,11 +23,6 @@ impl Reasons {
         }
     }
 
-    /// Whether reasons are being collected.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Takes the collected reasons, leaving the sink empty.
     pub fn take(&mut self) -> Vec<String> {
         std::mem::take(&mut self.list)

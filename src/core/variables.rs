@@ -1,7 +1,44 @@
-//! Flag variable values: datafile strings cast to typed JSON as the SDKs cast them.
+//! Flag variables: their declared types, and datafile strings cast to typed JSON as the SDKs
+//! cast them.
 
-use super::project::VariableType;
 use serde_json::{Number, Value};
+
+/// The type of a flag variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableType {
+    String,
+    Integer,
+    Double,
+    Boolean,
+    Json,
+    /// A type this engine does not know; its value is returned as a string, as the SDKs do.
+    Other,
+}
+
+impl VariableType {
+    /// The type a datafile declares (`string` with `subType: json` is JSON, as in the SDKs).
+    pub fn parse(kind: &str, sub_type: Option<&str>) -> Self {
+        match (kind, sub_type) {
+            ("string", Some("json")) | ("json", _) => Self::Json,
+            ("string", _) => Self::String,
+            ("integer", _) => Self::Integer,
+            ("double", _) => Self::Double,
+            ("boolean", _) => Self::Boolean,
+            _ => Self::Other,
+        }
+    }
+
+    /// The name used in configuration output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String | Self::Other => "string",
+            Self::Integer => "integer",
+            Self::Double => "double",
+            Self::Boolean => "boolean",
+            Self::Json => "json",
+        }
+    }
+}
 
 /// Removes `_` digit separators the way Python's `int()`/`float()` accept them (only between
 /// two digits); `None` when an underscore is misplaced.

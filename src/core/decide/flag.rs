@@ -1,11 +1,15 @@
 //! Flag decisions (`decide`): forced decisions, feature-test experiments in order, then rollout
 //! rules in order, typed variables, decide options and the impression events they cause.
 
-use super::events::{impression, EventStamp, Impression, UserEvent};
-use super::experiment::{BucketOutcome, Decider};
-use super::profile::ProfileTracker;
-use super::project::{ExperimentIdx, FeatureFlag, Variation};
-use super::variables::typed_value;
+use super::sticky::Sticky;
+use super::targeting::BucketOutcome;
+use super::{Decider, Outcome};
+use crate::core::emit::{impression, Impression};
+use crate::core::events::{EventStamp, UserEvent};
+use crate::core::profile::UserProfile;
+use crate::core::project::{ExperimentIdx, FeatureFlag};
+use crate::core::reasons::Reasons;
+use crate::core::variables::typed_value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -42,14 +46,14 @@ impl DecisionSource {
     }
 }
 
-/// The raw outcome for one flag: the rule and variation (indexes), and the source.
+/// What answered one flag: the rule and variation (indexes), and the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlagOutcome {
-    pub rule: Option<ExperimentIdx>,
+struct FlagChoice {
+    rule: Option<ExperimentIdx>,
     /// `(experiment index, variation index)`; for a flag-level forced decision the experiment is
     /// the one that defines the variation, but `rule` stays `None`.
-    pub variation: Option<(ExperimentIdx, usize)>,
-    pub source: DecisionSource,
+    variation: Option<(ExperimentIdx, usize)>,
+    source: DecisionSource,
 }
 
 /// Decide options (the SDKs' `OptimizelyDecideOption`).
@@ -113,84 +117,95 @@ impl FlagDecision {
 }
 
 impl Decider<'_> {
-    fn flag_variation_by_key(
+    /// `decide` for `keys` (all flags in datafile order when `None`; repeated keys once).
+    ///
+    /// `profile` is the stored profile when a profile store is in use (see [`Self::variation`]);
+    /// it is ignored under `IGNORE_USER_PROFILE_SERVICE`. Events come in key order.
+    pub fn decide(
+        &self,
+        keys: Option<&[&str]>,
+        options: DecideOptions,
+        profile: Option<&UserProfile>,
+        stamp: &mut dyn EventStamp,
+    ) -> Outcome<Vec<FlagDecision>> {
+        let config = self.config;
+        let mut sticky = Sticky::new(if options.ignore_user_profile_service {
+            None
+        } else {
+            profile
+        });
+        let all: Vec<&str>;
+        let keys: &[&str] = match keys {
+            Some(k) => k,
+            None => {
+                all = config.flags.iter().map(|f| f.key.as_str()).collect();
+                &all
+            }
+        };
+        let mut seen: Vec<&str> = Vec::with_capacity(keys.len());
+        let mut out = Vec::with_capacity(keys.len());
+        let mut events = Vec::new();
+        for &key in keys {
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let mut reasons = Reasons::new(self.reasons || options.include_reasons);
+            let Some(flag_idx) = config.flag_by_key(key) else {
+                let mut d = FlagDecision::unknown(key);
+                reasons.add(|| format!("No flag was found for key \"{key}\"."));
+                d.reasons = reasons.take();
+                out.push(d);
+                continue;
+            };
+            let flag = &config.flags[flag_idx];
+            let choice = match self.forced_decision(flag, None, &mut reasons) {
+                Some(v) => FlagChoice {
+                    rule: None,
+                    variation: Some(v),
+                    source: DecisionSource::FeatureTest,
+                },
+                None => self.flag_choice(flag, &mut sticky, &mut reasons),
+            };
+            let decision = self.answer(flag, choice, options, reasons, &mut events, stamp);
+            if !options.enabled_flags_only || decision.enabled {
+                out.push(decision);
+            }
+        }
+        Outcome::new(out, events, sticky)
+    }
+
+    /// The decision for one flag after its flag-level forced decision: feature tests, then the
+    /// rollout.
+    fn flag_choice(
         &self,
         flag: &FeatureFlag,
-        key: &str,
-    ) -> Option<(ExperimentIdx, usize)> {
-        flag.variations
-            .iter()
-            .copied()
-            .find(|&(e, v)| self.config.experiments[e].variations[v].key == key)
-    }
-
-    fn flag_variation_by_id(&self, flag: &FeatureFlag, id: &str) -> Option<&Variation> {
-        flag.variations
-            .iter()
-            .map(|&(e, v)| &self.config.experiments[e].variations[v])
-            .find(|v| v.id == id)
-    }
-
-    /// A valid forced decision for `flag` and `rule_key` (`None`: flag level).
-    fn forced_decision(
-        &mut self,
-        flag: &FeatureFlag,
-        rule_key: Option<&str>,
-    ) -> Option<(ExperimentIdx, usize)> {
-        let key = self.user.forced_decision(&flag.key, rule_key)?;
-        let found = self.flag_variation_by_key(flag, key);
-        let user_id = &self.user.user_id;
-        self.reasons.add(|| match (found.is_some(), rule_key) {
-            (true, Some(r)) => format!(
-                "Variation ({key}) is mapped to flag ({}), rule ({r}) and user ({user_id}) in the forced decision map.",
-                flag.key
-            ),
-            (true, None) => format!(
-                "Variation ({key}) is mapped to flag ({}) and user ({user_id}) in the forced decision map.",
-                flag.key
-            ),
-            (false, Some(r)) => format!(
-                "Invalid variation is mapped to flag ({}), rule ({r}) and user ({user_id}) in the forced decision map.",
-                flag.key
-            ),
-            (false, None) => format!(
-                "Invalid variation is mapped to flag ({}) and user ({user_id}) in the forced decision map.",
-                flag.key
-            ),
-        });
-        found
-    }
-
-    /// The decision for one flag, without the flag-level forced decision (see [`Self::decide`]).
-    pub fn flag_outcome(
-        &mut self,
-        flag_idx: usize,
-        mut profile: Option<&mut ProfileTracker>,
-    ) -> FlagOutcome {
+        sticky: &mut Sticky<'_>,
+        reasons: &mut Reasons,
+    ) -> FlagChoice {
         let config = self.config;
-        let flag = &config.flags[flag_idx];
         for &e in &flag.experiments {
             let rule_key = config.experiments[e].key.as_str();
-            if let Some(v) = self.forced_decision(flag, Some(rule_key)) {
-                return FlagOutcome {
+            if let Some(v) = self.forced_decision(flag, Some(rule_key), reasons) {
+                return FlagChoice {
                     rule: Some(e),
                     variation: Some(v),
                     source: DecisionSource::FeatureTest,
                 };
             }
-            if let Some(v) = self.experiment_variation(e, profile.as_deref_mut()) {
-                return FlagOutcome {
+            if let Some(v) = self.experiment_variation(e, sticky, reasons) {
+                return FlagChoice {
                     rule: Some(e),
                     variation: Some((e, v)),
                     source: DecisionSource::FeatureTest,
                 };
             }
         }
-        self.rollout_outcome(flag)
+        self.rollout_choice(flag, reasons)
     }
 
-    fn rollout_outcome(&mut self, flag: &FeatureFlag) -> FlagOutcome {
-        let none = FlagOutcome {
+    fn rollout_choice(&self, flag: &FeatureFlag, reasons: &mut Reasons) -> FlagChoice {
+        let none = FlagChoice {
             rule: None,
             variation: None,
             source: DecisionSource::Rollout,
@@ -202,8 +217,8 @@ impl Decider<'_> {
         while i < rules.len() {
             let idx = rules[i];
             let rule = &self.config.experiments[idx];
-            if let Some(v) = self.forced_decision(flag, Some(&rule.key)) {
-                return FlagOutcome {
+            if let Some(v) = self.forced_decision(flag, Some(&rule.key), reasons) {
+                return FlagChoice {
                     rule: Some(idx),
                     variation: Some(v),
                     source: DecisionSource::Rollout,
@@ -214,114 +229,55 @@ impl Decider<'_> {
                 index: i,
                 everyone_else,
             };
-            if self.audiences_allow(rule.audiences.as_ref(), &label) {
-                self.reasons.add(|| {
+            if self.audiences_allow(rule.audiences.as_ref(), &label, reasons) {
+                reasons.add(|| {
                     format!(
                         "User \"{user_id}\" meets audience conditions for targeting rule {label}."
                     )
                 });
-                if let BucketOutcome::Variation(v) = self.bucket(idx) {
-                    self.reasons.add(|| {
+                if let BucketOutcome::Variation(v) = self.bucket(idx, reasons) {
+                    reasons.add(|| {
                         format!("User \"{user_id}\" bucketed into a targeting rule {label}.")
                     });
-                    return FlagOutcome {
+                    return FlagChoice {
                         rule: Some(idx),
                         variation: Some((idx, v)),
                         source: DecisionSource::Rollout,
                     };
                 }
                 if !everyone_else {
-                    self.reasons.add(|| format!(
+                    reasons.add(|| format!(
                         "User \"{user_id}\" not bucketed into a targeting rule {label}. Checking \"Everyone Else\" rule now."
                     ));
                     i = rules.len() - 1;
                     continue;
                 }
             } else {
-                self.reasons.add(|| format!("User \"{user_id}\" does not meet audience conditions for targeting rule {label}."));
+                reasons.add(|| format!("User \"{user_id}\" does not meet audience conditions for targeting rule {label}."));
             }
             i += 1;
         }
         none
     }
 
-    /// Decides `keys` (all flags in datafile order when `None`).
-    ///
-    /// `profile` is the request's loaded profile (`None` when there is no store); it is consulted
-    /// and updated unless `IGNORE_USER_PROFILE_SERVICE` is set. Impression events are appended to
-    /// `events` in key order.
-    pub fn decide(
-        &mut self,
-        keys: Option<&[&str]>,
-        options: DecideOptions,
-        profile: Option<&mut ProfileTracker>,
-        events: &mut Vec<UserEvent>,
-        stamp: &mut dyn EventStamp,
-    ) -> Vec<FlagDecision> {
-        let config = self.config;
-        let mut profile = if options.ignore_user_profile_service {
-            None
-        } else {
-            profile
-        };
-        let all: Vec<&str>;
-        let keys: &[&str] = match keys {
-            Some(k) => k,
-            None => {
-                all = config.flags.iter().map(|f| f.key.as_str()).collect();
-                &all
-            }
-        };
-        let mut seen: Vec<&str> = Vec::with_capacity(keys.len());
-        let mut out = Vec::with_capacity(keys.len());
-        for &key in keys {
-            if seen.contains(&key) {
-                continue;
-            }
-            seen.push(key);
-            self.reasons = super::reasons::Reasons::new(options.include_reasons);
-            let Some(flag_idx) = config.flag_by_key(key) else {
-                let mut d = FlagDecision::unknown(key);
-                if options.include_reasons {
-                    d.reasons
-                        .push(format!("No flag was found for key \"{key}\"."));
-                }
-                out.push(d);
-                continue;
-            };
-            let flag = &config.flags[flag_idx];
-            let outcome = match self.forced_decision(flag, None) {
-                Some(v) => FlagOutcome {
-                    rule: None,
-                    variation: Some(v),
-                    source: DecisionSource::FeatureTest,
-                },
-                None => self.flag_outcome(flag_idx, profile.as_deref_mut()),
-            };
-            let decision = self.finish(flag, outcome, options, events, stamp);
-            if !options.enabled_flags_only || decision.enabled {
-                out.push(decision);
-            }
-        }
-        out
-    }
-
-    fn finish(
-        &mut self,
+    /// The flag decision for a choice: enabled, typed variables, reasons, and its impression.
+    fn answer(
+        &self,
         flag: &FeatureFlag,
-        outcome: FlagOutcome,
+        choice: FlagChoice,
         options: DecideOptions,
+        mut reasons: Reasons,
         events: &mut Vec<UserEvent>,
         stamp: &mut dyn EventStamp,
     ) -> FlagDecision {
         let config = self.config;
-        let variation = outcome
+        let variation = choice
             .variation
             .map(|(e, v)| &config.experiments[e].variations[v]);
-        let rule = outcome.rule.map(|e| &config.experiments[e]);
+        let rule = choice.rule.map(|e| &config.experiments[e]);
         let enabled = variation.is_some_and(|v| v.feature_enabled);
         if !options.disable_decision_event
-            && (outcome.source == DecisionSource::FeatureTest || config.send_flag_decisions)
+            && (choice.source == DecisionSource::FeatureTest || config.send_flag_decisions)
         {
             let recorded = variation.and_then(|v| self.flag_variation_by_id(flag, &v.id));
             events.push(impression(
@@ -333,7 +289,7 @@ impl Decider<'_> {
                     variation: recorded,
                     flag_key: &flag.key,
                     rule_key: rule.map_or("", |r| r.key.as_str()),
-                    rule_type: outcome.source.as_str(),
+                    rule_type: choice.source.as_str(),
                     enabled,
                 },
                 stamp,
@@ -356,7 +312,7 @@ impl Decider<'_> {
             variation_key: variation.map(|v| v.key.clone()),
             rule_key: rule.map(|r| r.key.clone()),
             variables,
-            reasons: self.reasons.take(),
+            reasons: reasons.take(),
         }
     }
 }
