@@ -2,7 +2,7 @@
 //! at most one profile save (the Agent's `/v1/activate`).
 
 use super::{Clock, ExperimentAnswer, PinnedProject, Service, ServiceError};
-use crate::core::{DecideOptions, Decider, FlagDecision, ProjectConfig, UserContext};
+use crate::core::{DecideOptions, Decider, FlagDecision, ProjectConfig, UserContext, UserProfile};
 
 /// Which decisions `activate` makes when the request names no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,14 @@ fn default_keys(config: &ProjectConfig, scope: ActivateScope) -> (Vec<String>, V
     (experiments, features)
 }
 
+/// Carries a decision's changed profile into the next decision of the same request.
+fn keep_changed(profile: &mut Option<UserProfile>, changed: &mut bool, new: Option<UserProfile>) {
+    if let Some(p) = new {
+        *profile = Some(p);
+        *changed = true;
+    }
+}
+
 impl Service {
     /// `/v1/activate`: experiment and feature decisions for one user with one profile lookup
     /// and at most one profile save for the whole request.
@@ -78,32 +86,33 @@ impl Service {
             } else {
                 (request.experiment_keys, request.feature_keys)
             };
-        let mut tracker = self.load_profile(&user.user_id, false).await;
+        // One lookup for the whole request; each decision sees the assignments the earlier
+        // ones recorded, and the last changed copy is saved once.
+        let mut profile = self.load_profile(&user.user_id, false).await;
+        let mut changed = false;
         let mut events = Vec::new();
         let mut out = Vec::with_capacity(experiment_keys.len() + feature_keys.len());
         let counts = &self.metrics.decision_handles;
         {
             let overrides = self.overrides[snap.index].read().ok();
-            let forced = overrides.as_deref().filter(|o| !o.is_empty());
-            let decider = || {
-                let mut d = Decider::new(config, user);
-                d.forced = forced;
-                d
-            };
+            let decider = Decider::new(config, user)
+                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()));
             for key in experiment_keys {
                 let answer = match config.experiment_by_key(key) {
                     None => Err(ServiceError::UnknownExperiment(key.clone())),
                     Some(idx) => {
-                        let mut d = decider();
-                        let v = if request.track {
-                            d.activate(idx, tracker.as_mut(), &mut events, &mut Clock)
+                        let outcome = if request.track {
+                            decider.activate(idx, profile.as_ref(), &mut Clock)
                         } else {
-                            d.experiment_variation(idx, tracker.as_mut())
+                            decider.variation(idx, profile.as_ref())
                         };
+                        let v = outcome.decision.variation;
                         match v {
                             Some(_) => counts.experiment_variation.inc(),
                             None => counts.experiment_none.inc(),
                         }
+                        events.extend(outcome.events);
+                        keep_changed(&mut profile, &mut changed, outcome.profile);
                         let exp = &config.experiments[idx];
                         let variation = v.map(|v| &exp.variations[v]);
                         Ok(ExperimentAnswer {
@@ -111,8 +120,8 @@ impl Service {
                             experiment_id: exp.id.clone(),
                             variation_key: variation.map(|v| v.key.clone()),
                             variation_id: variation.map(|v| v.id.clone()),
-                            reasons: d.reasons.take(),
-                            buckets: d.buckets(idx),
+                            reasons: outcome.decision.reasons,
+                            buckets: decider.buckets(idx),
                             bucketing_id: user.bucketing_id().to_string(),
                         })
                     }
@@ -127,18 +136,17 @@ impl Service {
                 ..DecideOptions::default()
             };
             for key in feature_keys {
-                let decision = config.flag_by_key(key).and_then(|_| {
-                    let keys = [key.as_str()];
-                    decider()
-                        .decide(
-                            Some(&keys),
-                            options,
-                            tracker.as_mut(),
-                            &mut events,
-                            &mut Clock,
-                        )
-                        .pop()
-                });
+                let decision = match config.flag_by_key(key) {
+                    None => None,
+                    Some(_) => {
+                        let keys = [key.as_str()];
+                        let outcome =
+                            decider.decide(Some(&keys), options, profile.as_ref(), &mut Clock);
+                        events.extend(outcome.events);
+                        keep_changed(&mut profile, &mut changed, outcome.profile);
+                        outcome.decision.into_iter().next()
+                    }
+                };
                 match decision.as_ref().map(|d| d.enabled) {
                     Some(true) => counts.flag_enabled.inc(),
                     Some(false) => counts.flag_disabled.inc(),
@@ -150,7 +158,7 @@ impl Service {
                 });
             }
         }
-        self.finish(tracker, events).await;
+        self.finish(profile.filter(|_| changed), events).await;
         out
     }
 }
