@@ -3,10 +3,10 @@
 //! shutdown sequence (stop accepting → finish requests → hand queued events to the queue).
 
 use crate::config::Settings;
-use crate::flusher::Flusher;
 use crate::http::{App, HttpConfig};
 use crate::metrics::Metrics;
-use crate::service::{events, profiles::ProfileGateway, Service};
+use crate::pipeline::{self, Flusher};
+use crate::service::{profiles::ProfileGateway, Service};
 use crate::source::Project;
 use backends::{EventQueue, ProfileStore};
 use std::net::SocketAddr;
@@ -85,7 +85,7 @@ impl Daemon {
             .map_err(|e| StartError::Flusher(e.to_string()))?;
             workers.spawn(flusher.run(workers_cancel.clone()));
         }
-        let (sink, producer) = events::producer(
+        let (sink, producer) = pipeline::producer(
             queue,
             spool,
             settings.events.channel_capacity,

@@ -248,7 +248,7 @@ async fn flush(settings: config::Settings) -> anyhow::Result<()> {
             cancel.clone(),
         ));
     }
-    let flusher = bucketd::flusher::Flusher::new(
+    let flusher = bucketd::pipeline::Flusher::new(
         queue,
         settings.flusher.clone(),
         settings.events.endpoint.clone(),

@@ -5,7 +5,6 @@
 //! save only in `profiles.save = "sync"` mode.
 
 pub mod breaker;
-pub mod events;
 pub mod profiles;
 
 use crate::core::events::{conversion, EventStamp};
@@ -14,8 +13,8 @@ use crate::core::{
     ProjectConfig, UserContext, UserEvent, UserProfile,
 };
 use crate::metrics::Metrics;
+use crate::pipeline::EventSender;
 use crate::source::{LoadedDatafile, Project};
-use events::EventSink;
 use profiles::ProfileGateway;
 use serde_json::{Map, Value};
 use std::sync::{Arc, RwLock};
@@ -80,7 +79,7 @@ pub struct Service {
     pub projects: Vec<Arc<Project>>,
     overrides: Vec<RwLock<ForcedVariations>>,
     pub profiles: Arc<ProfileGateway>,
-    pub events: Arc<EventSink>,
+    pub events: Arc<EventSender>,
     pub metrics: Arc<Metrics>,
     pub enable_overrides: bool,
 }
@@ -104,7 +103,7 @@ impl Service {
     pub fn new(
         projects: Vec<Arc<Project>>,
         profiles: Arc<ProfileGateway>,
-        events: Arc<EventSink>,
+        events: Arc<EventSender>,
         metrics: Arc<Metrics>,
         enable_overrides: bool,
     ) -> Self {

@@ -66,7 +66,9 @@ pub async fn spawn_app_with_file(
         .build()
         .await
         .expect("profile store");
-    let queue = settings.events.queue.build().await.expect("event queue");
+    let queue = backends::testing::build_queue(&settings.events.queue)
+        .await
+        .expect("event queue");
     let spool = match &settings.events.spool {
         Some(c) => Some(c.build().await.expect("event spool")),
         None => None,
