@@ -220,7 +220,7 @@ async fn rejected_events_go_to_the_queue_dead_letter(
     sink.end_outage_after(outage).await;
     assert_eq!(sink.wait_for(n, Duration::from_secs(60)).await, n);
 
-    let dlq = dead_letter.build().await.unwrap();
+    let dlq = backends::testing::build_queue(&dead_letter).await.unwrap();
     let mut visitors = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while visitors.len() < 10 && std::time::Instant::now() < deadline {
