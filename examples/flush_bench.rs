@@ -18,8 +18,8 @@ use bucketd::core::events::{
     DecisionMetadata, EventContext, EventKind, ImpressionDecision, UserEvent, VisitorAttribute,
 };
 use bucketd::core::payload::{render, Client};
-use bucketd::flusher::Flusher;
 use bucketd::metrics::Metrics;
+use bucketd::pipeline::Flusher;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Response;
@@ -129,7 +129,7 @@ async fn main() {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let records: Vec<_> = chunk
             .iter()
-            .map(|&i| bucketd::service::events::to_record(&event(i)).unwrap())
+            .map(|&i| bucketd::pipeline::record::encode(&event(i)).unwrap())
             .collect();
         queue.publish(&records).await.expect("publish");
     }

@@ -10,11 +10,11 @@
 //! flusher and the event producer are all here.
 
 use crate::config::Settings;
-use crate::flusher::{Flusher, FlusherError};
 use crate::http::ops::status::Status;
 use crate::http::{HttpConfig, HttpState};
 use crate::metrics::Metrics;
-use crate::service::{events, profiles::ProfileGateway, Service};
+use crate::pipeline::{self, Flusher, FlusherError};
+use crate::service::{profiles::ProfileGateway, Service};
 use crate::signal::Reloads;
 use crate::source::Project;
 use backends::{BackendError, EventQueue};
@@ -141,7 +141,7 @@ impl App {
             .map_err(StartError::Flusher)?;
             workers.spawn(flusher.run(workers_cancel.clone()));
         }
-        let (sink, producer) = events::producer(
+        let (sink, producer) = pipeline::producer(
             queue,
             spool,
             settings.events.channel_capacity,

@@ -6,7 +6,6 @@
 
 mod activate;
 pub mod breaker;
-pub mod events;
 pub mod profiles;
 mod projects;
 
@@ -20,8 +19,8 @@ use crate::core::{
     UserEvent, UserProfile,
 };
 use crate::metrics::Metrics;
+use crate::pipeline::EventSender;
 use crate::source::{LoadedDatafile, Project};
-use events::EventSink;
 use profiles::ProfileGateway;
 use serde_json::{Map, Value};
 use std::sync::{Arc, RwLock};
@@ -87,7 +86,7 @@ pub struct Service {
     pub projects: Vec<Arc<Project>>,
     overrides: Vec<RwLock<ForcedVariations>>,
     pub profiles: Arc<ProfileGateway>,
-    pub events: Arc<EventSink>,
+    pub events: Arc<EventSender>,
     pub metrics: Arc<Metrics>,
     pub enable_overrides: bool,
 }
@@ -127,7 +126,7 @@ impl Service {
     pub fn new(
         projects: Vec<Arc<Project>>,
         profiles: Arc<ProfileGateway>,
-        events: Arc<EventSink>,
+        events: Arc<EventSender>,
         metrics: Arc<Metrics>,
         enable_overrides: bool,
     ) -> Self {

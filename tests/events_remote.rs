@@ -8,38 +8,20 @@
 
 mod common;
 
+use backends::testing::env_or_skip;
 use common::sink::Sink;
 use common::{produce, spawn_app_with_file};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-fn env_or_skip(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but {name} is not"
-            );
-            eprintln!("SKIPPED: set {name} to run this test");
-            None
-        }
-    }
-}
-
-/// The AWS SDK (in-process daemons here) reads credentials from the standard chain: static test
-/// ones, and never an instance-metadata probe (no traffic leaves this machine).
-fn aws_test_credentials() {
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
-}
+/// Credentials for the `bucketd flush` child processes (the in-process daemons get static test
+/// credentials from `backends::testing::build_queue`); never an instance-metadata probe, so no
+/// traffic leaves this machine. Set on the child only, never on this process.
+const AWS_TEST_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
 
 fn unique(prefix: &str) -> String {
     format!(
@@ -92,6 +74,11 @@ fn spawn_flusher(
         .env("BUCKETD__LOG__LEVEL", "warn")
         .env("BUCKETD__FLUSHER__METRICS_LISTEN", metrics_listen)
         .stdout(std::process::Stdio::null());
+    for (k, v) in AWS_TEST_ENV {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
     for (k, v) in queue_env {
         cmd.env(k, v);
     }
@@ -186,7 +173,6 @@ async fn sqs_events_reach_the_endpoint_through_a_separate_flusher() {
     let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT") else {
         return;
     };
-    aws_test_credentials();
     let n = std::env::var("BUCKETD_TEST_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -234,7 +220,7 @@ async fn rejected_events_go_to_the_queue_dead_letter(
     sink.end_outage_after(outage).await;
     assert_eq!(sink.wait_for(n, Duration::from_secs(60)).await, n);
 
-    let dlq = dead_letter.build().await.unwrap();
+    let dlq = backends::testing::build_queue(&dead_letter).await.unwrap();
     let mut visitors = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while visitors.len() < 10 && std::time::Instant::now() < deadline {
@@ -297,7 +283,6 @@ async fn sqs_rejected_events_go_to_the_dead_letter_queue() {
     let Some(endpoint) = env_or_skip("BUCKETD_TEST_SQS_ENDPOINT") else {
         return;
     };
-    aws_test_credentials();
     let queue = unique("bucketd-dlq");
     let dead_letter = format!("{queue}-dead-letter");
     let env = vec![
@@ -409,7 +394,6 @@ async fn sqs_outage_spools_to_disk_and_forwards_later() {
     let Some(pgid) = env_or_skip("BUCKETD_TEST_SQS_PAUSABLE_PGID") else {
         return;
     };
-    aws_test_credentials();
     let env = vec![
         ("BUCKETD__EVENTS__QUEUE__TYPE", "sqs".to_string()),
         (

@@ -15,6 +15,14 @@ pub enum BackendError {
         backend: &'static str,
         message: String,
     },
+    /// A bounded queue (the disk queue at `max_bytes`) has no room for the records. Not
+    /// retryable at once: the caller should shed or spool the records and try again only after
+    /// the flusher drained some.
+    #[error("{backend}: queue full: {message}")]
+    Full {
+        backend: &'static str,
+        message: String,
+    },
     /// The operation did not finish within its deadline (retryable).
     #[error("{backend}: timed out after {millis} ms")]
     Timeout { backend: &'static str, millis: u64 },
@@ -23,7 +31,12 @@ pub enum BackendError {
 impl BackendError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Fatal { .. })
+        !matches!(self, Self::Fatal { .. } | Self::Full { .. })
+    }
+
+    /// Whether a bounded queue refused records for lack of room.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full { .. })
     }
 
     /// A retryable error.

@@ -16,9 +16,9 @@ pub struct ExperimentBucket {
     pub variation_id: String,
 }
 
-/// A user's sticky assignments.
+/// A user's sticky assignments as a store keeps them (the core has its own `UserProfile`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct UserProfile {
+pub struct StoredProfile {
     pub user_id: String,
     #[serde(default)]
     pub experiment_bucket_map: BTreeMap<String, ExperimentBucket>,
@@ -30,9 +30,9 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// A short backend name for metrics and logs (`memory`, `redis`, `cassandra`).
     fn backend(&self) -> &'static str;
     /// The stored profile of a user, if any.
-    async fn lookup(&self, user_id: &str) -> Result<Option<UserProfile>, BackendError>;
+    async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError>;
     /// Merges `profile.experiment_bucket_map` into the stored profile of `profile.user_id`.
-    async fn save(&self, profile: &UserProfile) -> Result<(), BackendError>;
+    async fn save(&self, profile: &StoredProfile) -> Result<(), BackendError>;
     /// Checks the store answers.
     async fn health(&self) -> Result<(), BackendError>;
 }

@@ -3,6 +3,7 @@
 //! Records are opaque (a key — the visitor id — and bytes). Delivery is at-least-once: a record
 //! received but not acknowledged is delivered again (after a restart, a visibility timeout or a
 //! consumer-group rebalance). `ack` is called only after the event endpoint accepted the events.
+//! A bounded queue that has no room refuses a publish with [`BackendError::Full`].
 
 use crate::BackendError;
 use serde::Deserialize;
@@ -17,25 +18,34 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
-/// Identifies a received record for `ack` / `release` (backend specific).
+/// Identifies a received record for `ack` / `release`: a typed position, one variant per
+/// backend, so no backend formats or parses strings. A queue refuses a token of another
+/// backend's kind; a token of its kind it no longer knows (acked, redelivered elsewhere) is
+/// ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AckToken(pub String);
+pub enum AckToken {
+    /// A disk-queue record: its batch and its index in the batch.
+    Disk { batch: u64, index: u32 },
+    /// A Kafka record: its partition and offset.
+    Kafka { partition: i32, offset: i64 },
+    /// A record unpacked from an SQS message: the receiver's number for the message and the
+    /// record's index in it.
+    Sqs { message: u64, index: usize },
+}
+
+impl AckToken {
+    /// The error of a queue handed a token of another kind.
+    #[cfg(any(feature = "disk", feature = "kafka", feature = "sqs"))]
+    pub(crate) fn foreign(&self, backend: &'static str) -> BackendError {
+        BackendError::fatal(backend, format!("not a {backend} queue token: {self:?}"))
+    }
+}
 
 /// A received record and its acknowledgement token.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub record: Record,
     pub token: AckToken,
-}
-
-/// How the message of the `Fatal` error starts when a bounded queue has no room left.
-pub const QUEUE_FULL: &str = "queue full";
-
-/// Whether `err` says a bounded queue (the disk queue at `max_bytes`) refused records for lack
-/// of room. It is `Fatal` because retrying the same publish at once will not help; the caller
-/// should shed or spool the records and try again only after the flusher drained some.
-pub fn is_queue_full(err: &BackendError) -> bool {
-    matches!(err, BackendError::Fatal { message, .. } if message.starts_with(QUEUE_FULL))
 }
 
 /// A durable queue of event records.

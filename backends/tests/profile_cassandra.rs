@@ -5,29 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backends::profile::cassandra::{CassandraConfig, CassandraStore};
-use backends::profile::ExperimentBucket;
-use backends::{ProfileStore, ProfileStoreConfig, UserProfile};
+use backends::testing::{env_or_skip, profile, profile_store_suite};
+use backends::{ProfileStore, ProfileStoreConfig};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ENV: &str = "BUCKETD_TEST_CQL_ADDR";
-
-/// The server address; `None` (after saying so) when it is not configured outside CI.
-fn cql_addr(test: &str) -> Option<String> {
-    match std::env::var(ENV) {
-        Ok(addr) if !addr.is_empty() => Some(addr),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "{ENV} is not set but CI is: the Cassandra tests must run (see .ci/servers/cql.sh)"
-            )
-        }
-        _ => {
-            println!("SKIPPED {test}: set {ENV} (e.g. 127.0.0.1:9042)");
-            None
-        }
-    }
-}
 
 /// A config with a keyspace no other test (or earlier run) uses.
 fn config(addr: &str) -> CassandraConfig {
@@ -49,107 +33,27 @@ fn config(addr: &str) -> CassandraConfig {
     }
 }
 
-fn profile(user: &str, entries: &[(&str, &str)]) -> UserProfile {
-    UserProfile {
-        user_id: user.to_owned(),
-        experiment_bucket_map: entries
-            .iter()
-            .map(|(e, v)| {
-                (
-                    e.to_string(),
-                    ExperimentBucket {
-                        variation_id: v.to_string(),
-                    },
-                )
-            })
-            .collect(),
-    }
-}
-
-#[tokio::test]
-async fn round_trip_and_merge() {
-    let Some(addr) = cql_addr("round_trip_and_merge") else {
-        return;
-    };
-    let store = CassandraStore::connect(&config(&addr)).await.unwrap();
-    assert_eq!(store.backend(), "cassandra");
-    store.health().await.unwrap();
-
-    store.save(&profile("u1", &[("e1", "v1")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v1")]))
-    );
-    store
-        .save(&profile("u1", &[("e2", "v2"), ("e3", "v3")]))
-        .await
-        .unwrap();
-    store.save(&profile("u1", &[("e1", "v9")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v9"), ("e2", "v2"), ("e3", "v3")]))
-    );
-    // Other users' rows stay apart.
-    store.save(&profile("u2", &[("e1", "v5")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u2").await.unwrap(),
-        Some(profile("u2", &[("e1", "v5")]))
-    );
-    assert_eq!(
-        store
-            .lookup("u1")
-            .await
-            .unwrap()
-            .unwrap()
-            .experiment_bucket_map
-            .len(),
-        3
-    );
-}
-
-#[tokio::test]
-async fn unknown_user_is_none() {
-    let Some(addr) = cql_addr("unknown_user_is_none") else {
-        return;
-    };
-    let store = CassandraStore::connect(&config(&addr)).await.unwrap();
-    assert_eq!(store.lookup("nobody").await.unwrap(), None);
-    assert_eq!(store.lookup("").await.unwrap(), None);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_saves_for_one_user_lose_nothing() {
-    let Some(addr) = cql_addr("concurrent_saves_for_one_user_lose_nothing") else {
+async fn conformance() {
+    let Some(addr) = env_or_skip(ENV) else {
         return;
     };
-    let store = Arc::new(CassandraStore::connect(&config(&addr)).await.unwrap());
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (e, v) = (format!("exp{i}"), format!("var{i}"));
-                // Half the saves carry a second, shared experiment: batches race with singles.
-                let entries = [(e.as_str(), v.as_str()), ("common", "c")];
-                store.save(&profile("shared", &entries[..1 + i % 2])).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
-    let stored = store.lookup("shared").await.unwrap().unwrap();
-    assert_eq!(stored.experiment_bucket_map.len(), 33);
-    for i in 0..32 {
-        assert_eq!(
-            stored.experiment_bucket_map[&format!("exp{i}")].variation_id,
-            format!("var{i}")
-        );
-    }
+    let store = CassandraStore::connect(&config(&addr)).await.unwrap();
+    profile_store_suite(Arc::new(store), "cassandra").await;
+}
+
+#[tokio::test]
+async fn the_empty_user_id_is_unknown() {
+    let Some(addr) = env_or_skip(ENV) else {
+        return;
+    };
+    let store = CassandraStore::connect(&config(&addr)).await.unwrap();
+    assert_eq!(store.lookup("").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn ttl_is_part_of_the_save_statement() {
-    let Some(addr) = cql_addr("ttl_is_part_of_the_save_statement") else {
+    let Some(addr) = env_or_skip(ENV) else {
         return;
     };
     let cfg = CassandraConfig {
@@ -190,7 +94,7 @@ async fn ttl_is_part_of_the_save_statement() {
 
 #[tokio::test]
 async fn schema_creation_is_idempotent_and_can_be_skipped() {
-    let Some(addr) = cql_addr("schema_creation_is_idempotent_and_can_be_skipped") else {
+    let Some(addr) = env_or_skip(ENV) else {
         return;
     };
     let cfg = config(&addr);
@@ -295,7 +199,7 @@ async fn config_parses_and_validates() {
 async fn test_server_survives_what_the_emulator_lacks() {
     // The emulator panics on counter columns; the wrapper must answer an error and keep the
     // connection (and the shared database) usable.
-    let Some(addr) = cql_addr("test_server_survives_what_the_emulator_lacks") else {
+    let Some(addr) = env_or_skip(ENV) else {
         return;
     };
     let cfg = config(&addr);

@@ -1,80 +1,27 @@
-//! The in-process profile store: merge semantics, concurrency, TTL and config parsing.
+//! The in-process profile store: the conformance suite, TTL and config parsing.
 #![cfg(feature = "memory")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backends::profile::memory::{MemoryConfig, MemoryStore, DEFAULT_CAPACITY};
-use backends::profile::ExperimentBucket;
-use backends::{ProfileStore, ProfileStoreConfig, UserProfile};
+use backends::testing::{profile, profile_store_suite};
+use backends::{ProfileStore, ProfileStoreConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn profile(user: &str, entries: &[(&str, &str)]) -> UserProfile {
-    UserProfile {
-        user_id: user.to_owned(),
-        experiment_bucket_map: entries
-            .iter()
-            .map(|(e, v)| {
-                (
-                    e.to_string(),
-                    ExperimentBucket {
-                        variation_id: v.to_string(),
-                    },
-                )
-            })
-            .collect(),
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    profile_store_suite(
+        Arc::new(MemoryStore::new(&MemoryConfig::default())),
+        "memory",
+    )
+    .await;
 }
 
 #[tokio::test]
-async fn round_trip_and_merge() {
+async fn a_save_without_entries_stores_nothing() {
     let store = MemoryStore::new(&MemoryConfig::default());
-    assert_eq!(store.backend(), "memory");
-    store.save(&profile("u1", &[("e1", "v1")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v1")]))
-    );
-
-    store.save(&profile("u1", &[("e2", "v2")])).await.unwrap();
-    store.save(&profile("u1", &[("e1", "v3")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v3"), ("e2", "v2")]))
-    );
-    store.health().await.unwrap();
-}
-
-#[tokio::test]
-async fn unknown_user_is_none() {
-    let store = MemoryStore::new(&MemoryConfig::default());
-    assert_eq!(store.lookup("nobody").await.unwrap(), None);
     store.save(&profile("empty", &[])).await.unwrap();
     assert_eq!(store.lookup("empty").await.unwrap(), None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_saves_for_one_user_lose_nothing() {
-    let store = Arc::new(MemoryStore::new(&MemoryConfig::default()));
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (e, v) = (format!("exp{i}"), format!("var{i}"));
-                store.save(&profile("shared", &[(&e, &v)])).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
-    let stored = store.lookup("shared").await.unwrap().unwrap();
-    assert_eq!(stored.experiment_bucket_map.len(), 32);
-    for i in 0..32 {
-        assert_eq!(
-            stored.experiment_bucket_map[&format!("exp{i}")].variation_id,
-            format!("var{i}")
-        );
-    }
 }
 
 #[tokio::test]

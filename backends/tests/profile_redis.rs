@@ -4,44 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backends::profile::redis::{RedisConfig, RedisStore};
-use backends::profile::ExperimentBucket;
-use backends::{BackendError, ProfileStore, ProfileStoreConfig, UserProfile};
+use backends::testing::{env_or_skip, profile, profile_store_suite};
+use backends::{BackendError, ProfileStore, ProfileStoreConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ENV: &str = "BUCKETD_TEST_REDIS_URL";
 
-/// The server URL; `None` (after saying so) when it is not configured outside CI.
-fn redis_url(test: &str) -> Option<String> {
-    match std::env::var(ENV) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "{ENV} is not set but CI is: the Redis tests must run (see .ci/servers/redis.sh)"
-            )
-        }
-        _ => {
-            println!("SKIPPED {test}: set {ENV} (e.g. redis://127.0.0.1:6379)");
-            None
-        }
-    }
-}
-
 const CLUSTER_ENV: &str = "BUCKETD_TEST_REDIS_CLUSTER_URL";
-
-/// Seed URLs of a Redis Cluster (comma-separated), on the same terms as [`redis_url`].
-fn cluster_url(test: &str) -> Option<String> {
-    match std::env::var(CLUSTER_ENV) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{CLUSTER_ENV} is not set but CI is: the Redis Cluster tests must run (see .ci/servers/redis.sh)")
-        }
-        _ => {
-            println!("SKIPPED {test}: set {CLUSTER_ENV} (e.g. redis://127.0.0.1:7000,redis://127.0.0.1:7001)");
-            None
-        }
-    }
-}
 
 /// A config with a key prefix no other test (or earlier run) uses.
 fn config(url: &str, test: &str) -> RedisConfig {
@@ -65,47 +35,30 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-fn profile(user: &str, entries: &[(&str, &str)]) -> UserProfile {
-    UserProfile {
-        user_id: user.to_owned(),
-        experiment_bucket_map: entries
-            .iter()
-            .map(|(e, v)| {
-                (
-                    e.to_string(),
-                    ExperimentBucket {
-                        variation_id: v.to_string(),
-                    },
-                )
-            })
-            .collect(),
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let Some(url) = env_or_skip(ENV) else {
+        return;
+    };
+    let store = RedisStore::connect(&config(&url, "conformance"))
+        .await
+        .unwrap();
+    profile_store_suite(Arc::new(store), "redis").await;
 }
 
 #[tokio::test]
-async fn round_trip_and_merge() {
-    let Some(url) = redis_url("round_trip_and_merge") else {
+async fn stored_in_the_agent_layout() {
+    let Some(url) = env_or_skip(ENV) else {
         return;
     };
     let cfg = config(&url, "round_trip");
     let store = RedisStore::connect(&cfg).await.unwrap();
-    assert_eq!(store.backend(), "redis");
-    store.health().await.unwrap();
-
     store.save(&profile("u1", &[("e1", "v1")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v1")]))
-    );
     store
         .save(&profile("u1", &[("e2", "v2"), ("e3", "v3")]))
         .await
         .unwrap();
     store.save(&profile("u1", &[("e1", "v9")])).await.unwrap();
-    assert_eq!(
-        store.lookup("u1").await.unwrap(),
-        Some(profile("u1", &[("e1", "v9"), ("e2", "v2"), ("e3", "v3")]))
-    );
 
     // Stored in the Agent's layout: the bare bucket map under prefix + user id, no expiry.
     let mut conn = raw(&url).await;
@@ -131,49 +84,8 @@ async fn round_trip_and_merge() {
 }
 
 #[tokio::test]
-async fn unknown_user_is_none() {
-    let Some(url) = redis_url("unknown_user_is_none") else {
-        return;
-    };
-    let store = RedisStore::connect(&config(&url, "unknown")).await.unwrap();
-    assert_eq!(store.lookup("nobody").await.unwrap(), None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_saves_for_one_user_lose_nothing() {
-    let Some(url) = redis_url("concurrent_saves_for_one_user_lose_nothing") else {
-        return;
-    };
-    let store = Arc::new(
-        RedisStore::connect(&config(&url, "concurrent"))
-            .await
-            .unwrap(),
-    );
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (e, v) = (format!("exp{i}"), format!("var{i}"));
-                store.save(&profile("shared", &[(&e, &v)])).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
-    let stored = store.lookup("shared").await.unwrap().unwrap();
-    assert_eq!(stored.experiment_bucket_map.len(), 32);
-    for i in 0..32 {
-        assert_eq!(
-            stored.experiment_bucket_map[&format!("exp{i}")].variation_id,
-            format!("var{i}")
-        );
-    }
-}
-
-#[tokio::test]
 async fn ttl_expires_profiles() {
-    let Some(url) = redis_url("ttl_expires_profiles") else {
+    let Some(url) = env_or_skip(ENV) else {
         return;
     };
     let cfg = RedisConfig {
@@ -195,7 +107,7 @@ async fn ttl_expires_profiles() {
 
 #[tokio::test]
 async fn reads_profiles_written_by_the_agent() {
-    let Some(url) = redis_url("reads_profiles_written_by_the_agent") else {
+    let Some(url) = env_or_skip(ENV) else {
         return;
     };
     let cfg = config(&url, "agent");
@@ -247,8 +159,7 @@ async fn reads_profiles_written_by_the_agent() {
 
 #[tokio::test]
 async fn unreadable_value_is_a_fatal_lookup_error_and_a_save_repairs_it() {
-    let Some(url) = redis_url("unreadable_value_is_a_fatal_lookup_error_and_a_save_repairs_it")
-    else {
+    let Some(url) = env_or_skip(ENV) else {
         return;
     };
     let cfg = config(&url, "corrupt");
@@ -389,8 +300,8 @@ async fn config_parses_validates_and_hides_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cluster_round_trip_and_concurrent_saves() {
-    let Some(urls) = cluster_url("cluster_round_trip_and_concurrent_saves") else {
+async fn cluster_conformance_and_users_over_every_node() {
+    let Some(urls) = env_or_skip(CLUSTER_ENV) else {
         return;
     };
     let cfg = RedisConfig {
@@ -398,7 +309,6 @@ async fn cluster_round_trip_and_concurrent_saves() {
         ..config(&urls, "cluster")
     };
     let store = Arc::new(RedisStore::connect(&cfg).await.unwrap());
-    store.health().await.unwrap();
     // Users spread over the slots of every node.
     for i in 0..50 {
         let user = format!("user{i}");
@@ -409,19 +319,5 @@ async fn cluster_round_trip_and_concurrent_saves() {
             Some(profile(&user, &[("e1", "v1"), ("e2", "v2")]))
         );
     }
-    assert_eq!(store.lookup("nobody").await.unwrap(), None);
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (e, v) = (format!("exp{i}"), format!("var{i}"));
-                store.save(&profile("shared", &[(&e, &v)])).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
-    let stored = store.lookup("shared").await.unwrap().unwrap();
-    assert_eq!(stored.experiment_bucket_map.len(), 32);
+    profile_store_suite(store, "redis").await;
 }

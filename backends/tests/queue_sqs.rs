@@ -1,28 +1,17 @@
-//! The SQS queue against a real SQS-protocol server (moto, `BUCKETD_TEST_SQS_ENDPOINT`). Every
-//! test uses its own queue, so they run in parallel.
+//! The SQS queue against a real SQS-protocol server (moto, `BUCKETD_TEST_SQS_ENDPOINT`): the
+//! conformance suite, then what is SQS's own (packing records into messages, visibility).
+//! Every test uses its own queue, so they run in parallel.
 #![cfg(feature = "sqs")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backends::queue::sqs::{SqsConfig, SqsQueue};
 use backends::queue::{AckToken, Delivery, EventQueue, EventQueueConfig, Record};
+use backends::testing::{env_or_skip, event_queue_suite, Order, QueueExpectations};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ENDPOINT: &str = "BUCKETD_TEST_SQS_ENDPOINT";
-
-/// The endpoint; `None` (after saying so) when it is not set outside CI.
-fn endpoint(test: &str) -> Option<String> {
-    match std::env::var(ENDPOINT) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{ENDPOINT} is not set: CI must start the SQS test server (.ci/servers/sqs.sh)")
-        }
-        _ => {
-            println!("SKIPPED {test}: set {ENDPOINT}");
-            None
-        }
-    }
-}
 
 fn config(endpoint: &str, test: &str) -> SqsConfig {
     let nanos = std::time::SystemTime::now()
@@ -38,22 +27,8 @@ fn config(endpoint: &str, test: &str) -> SqsConfig {
     c
 }
 
-/// An AWS configuration with static dummy credentials (the test server checks none, the SDK
-/// insists on some), for `region` and, when given, the test server's endpoint.
 async fn test_sdk(region: &str, endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region.to_owned()))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "bucketd-tests",
-        ));
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    loader.load().await
+    backends::testing::test_aws_config(region, endpoint).await
 }
 
 async fn connect(cfg: &SqsConfig) -> Result<SqsQueue, backends::BackendError> {
@@ -96,45 +71,55 @@ async fn receive_n(q: &SqsQueue, n: usize, max: usize, within: Duration) -> Vec<
 
 macro_rules! endpoint_or_skip {
     ($test:literal) => {
-        match endpoint($test) {
+        match env_or_skip(ENDPOINT) {
             Some(e) => e,
             None => return,
         }
     };
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let ep = endpoint_or_skip!("conformance");
+    // One queue per case, named once for this run: opening a case again reconnects to it.
+    let run = config(&ep, "conformance");
+    event_queue_suite(
+        move |case| {
+            let mut cfg = SqsConfig {
+                queue_name: Some(format!("{}-{case}", run.queue_name.clone().unwrap())),
+                ..run.clone()
+            };
+            if case == "crash" {
+                // Records held by a crashed receiver come back once this runs out.
+                cfg.visibility_timeout = Duration::from_secs(2);
+            }
+            async move { Arc::new(connect(&cfg).await.unwrap()) as Arc<dyn EventQueue> }
+        },
+        QueueExpectations {
+            backend: "sqs",
+            order: Order::None,
+            exact_depth: true,
+            patience: Duration::from_secs(20),
+            release_latency: Duration::from_secs(5),
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
-async fn round_trip_5000_records_in_few_messages() {
-    let ep = endpoint_or_skip!("round_trip_5000_records_in_few_messages");
+async fn publishes_pack_records_into_few_messages() {
+    let ep = endpoint_or_skip!("publishes_pack_records_into_few_messages");
     let q = connect(&config(&ep, "round-trip")).await.unwrap();
     let all: Vec<Record> = (0..5000).map(record).collect();
-    let t = Instant::now();
     for chunk in all.chunks(500) {
         q.publish(chunk).await.unwrap();
     }
-    let published = t.elapsed();
     let messages = q.depth().await.unwrap().unwrap();
     assert_eq!(messages, 10, "one message per publish of 500 small records");
-
-    let t = Instant::now();
     let got = receive_n(&q, 5000, 1000, Duration::from_secs(30)).await;
-    println!(
-        "sqs: published 5000 in {published:?}, received them in {:?}",
-        t.elapsed()
-    );
-    let mut idx: Vec<usize> = got.iter().map(index_of).collect();
-    for d in &got {
-        assert_eq!(d.record, record(index_of(d)));
-    }
-    idx.sort_unstable();
-    assert_eq!(idx, (0..5000).collect::<Vec<_>>());
+    assert_eq!(got.len(), 5000);
     q.ack(&tokens(&got)).await.unwrap();
     assert_eq!(q.depth().await.unwrap(), Some(0));
-    assert!(q
-        .receive(10, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .is_empty());
 }
 
 #[tokio::test]
@@ -205,18 +190,7 @@ async fn receive_hands_out_a_message_over_several_calls() {
 /// Messages received and not deleted.
 async fn depth_in_flight(q: &SqsQueue) -> u64 {
     // Read through a second client so the queue under test is not disturbed.
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "bucketd-tests",
-        ))
-        .endpoint_url(std::env::var(ENDPOINT).unwrap())
-        .load()
-        .await;
+    let sdk = test_sdk("us-east-1", Some(&std::env::var(ENDPOINT).unwrap())).await;
     let out = aws_sdk_sqs::Client::new(&sdk)
         .get_queue_attributes()
         .queue_url(q.queue_url())

@@ -29,7 +29,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Converts the core's profile into the store's schema (entries without a string
 /// `variation_id` cannot be stored and are skipped).
-pub fn to_store(p: &UserProfile) -> backends::UserProfile {
+pub fn to_store(p: &UserProfile) -> backends::StoredProfile {
     let experiment_bucket_map: BTreeMap<String, ExperimentBucket> = p
         .experiment_bucket_map
         .iter()
@@ -43,14 +43,14 @@ pub fn to_store(p: &UserProfile) -> backends::UserProfile {
             ))
         })
         .collect();
-    backends::UserProfile {
+    backends::StoredProfile {
         user_id: p.user_id.clone(),
         experiment_bucket_map,
     }
 }
 
 /// Converts a stored profile into the core's representation.
-pub fn to_core(p: &backends::UserProfile) -> UserProfile {
+pub fn to_core(p: &backends::StoredProfile) -> UserProfile {
     let mut map = Map::new();
     for (k, v) in &p.experiment_bucket_map {
         let mut entry = Map::new();
@@ -78,8 +78,8 @@ pub struct ProfileGateway {
     timeout: Duration,
     mode: SaveMode,
     breaker: Breaker,
-    cache: Option<Cache<String, Arc<backends::UserProfile>>>,
-    saver: Option<mpsc::Sender<backends::UserProfile>>,
+    cache: Option<Cache<String, Arc<backends::StoredProfile>>>,
+    saver: Option<mpsc::Sender<backends::StoredProfile>>,
     metrics: Arc<Metrics>,
     hot: HotHandles,
     last_log: AtomicU64,
@@ -295,7 +295,7 @@ impl ProfileGateway {
     /// on cancel, drains what is queued once.
     async fn run_saver(
         self: Arc<Self>,
-        mut rx: mpsc::Receiver<backends::UserProfile>,
+        mut rx: mpsc::Receiver<backends::StoredProfile>,
         cancel: CancellationToken,
     ) {
         let Some(store) = self.store.clone() else {
@@ -313,7 +313,7 @@ impl ProfileGateway {
             if n == 0 {
                 return;
             }
-            let mut pending: HashMap<String, backends::UserProfile> = HashMap::new();
+            let mut pending: HashMap<String, backends::StoredProfile> = HashMap::new();
             for p in buf.drain(..) {
                 match pending.get_mut(&p.user_id) {
                     Some(existing) => existing

@@ -6,7 +6,7 @@
 //! A lookup reads the user's partition. With `ttl` set, rows are written `USING TTL` and each
 //! assignment expires that long after it was last saved.
 
-use super::{ExperimentBucket, ProfileStore, UserProfile};
+use super::{ExperimentBucket, ProfileStore, StoredProfile};
 use crate::BackendError;
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
@@ -398,7 +398,7 @@ impl ProfileStore for CassandraStore {
         BACKEND
     }
 
-    async fn lookup(&self, user_id: &str) -> Result<Option<UserProfile>, BackendError> {
+    async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError> {
         if user_id.is_empty() {
             return Ok(None); // Cassandra rejects empty partition keys; nobody is stored there.
         }
@@ -421,13 +421,13 @@ impl ProfileStore for CassandraStore {
                 experiment_bucket_map.insert(experiment_id, ExperimentBucket { variation_id });
             }
         }
-        Ok((!experiment_bucket_map.is_empty()).then(|| UserProfile {
+        Ok((!experiment_bucket_map.is_empty()).then(|| StoredProfile {
             user_id: user_id.to_owned(),
             experiment_bucket_map,
         }))
     }
 
-    async fn save(&self, profile: &UserProfile) -> Result<(), BackendError> {
+    async fn save(&self, profile: &StoredProfile) -> Result<(), BackendError> {
         if profile.user_id.is_empty() || profile.experiment_bucket_map.is_empty() {
             return Ok(());
         }

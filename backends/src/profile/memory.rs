@@ -3,7 +3,7 @@
 //! Profiles live only as long as the process, and each instance has its own: fine for one
 //! daemon, tests, or as a stand-in where sticky bucketing across restarts does not matter.
 
-use super::{ExperimentBucket, ProfileStore, UserProfile};
+use super::{ExperimentBucket, ProfileStore, StoredProfile};
 use crate::BackendError;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
@@ -77,14 +77,14 @@ impl ProfileStore for MemoryStore {
         "memory"
     }
 
-    async fn lookup(&self, user_id: &str) -> Result<Option<UserProfile>, BackendError> {
-        Ok(self.cache.get(user_id).map(|map| UserProfile {
+    async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError> {
+        Ok(self.cache.get(user_id).map(|map| StoredProfile {
             user_id: user_id.to_owned(),
             experiment_bucket_map: BucketMap::clone(&map),
         }))
     }
 
-    async fn save(&self, profile: &UserProfile) -> Result<(), BackendError> {
+    async fn save(&self, profile: &StoredProfile) -> Result<(), BackendError> {
         if profile.experiment_bucket_map.is_empty() {
             return Ok(());
         }

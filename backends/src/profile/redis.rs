@@ -11,7 +11,7 @@
 //! concurrent saves for one user never lose an entry. Every operation, including taking a
 //! connection from the pool, is bounded by `timeout`.
 
-use super::{ExperimentBucket, ProfileStore, UserProfile};
+use super::{ExperimentBucket, ProfileStore, StoredProfile};
 use crate::BackendError;
 use deadpool_redis::redis::{self, aio::ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
 use deadpool_redis::{PoolConfig, PoolError, Runtime, Timeouts};
@@ -406,7 +406,7 @@ fn redis_error(e: RedisError) -> BackendError {
 }
 
 /// Reads a stored value: the Agent's bare bucket map or the SDKs' full profile.
-fn parse_stored(user_id: &str, raw: &[u8]) -> Result<UserProfile, BackendError> {
+fn parse_stored(user_id: &str, raw: &[u8]) -> Result<StoredProfile, BackendError> {
     let bad = |why: String| BackendError::fatal(BACKEND, format!("unreadable profile: {why}"));
     let mut value: serde_json::Value =
         serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
@@ -415,7 +415,7 @@ fn parse_stored(user_id: &str, raw: &[u8]) -> Result<UserProfile, BackendError> 
     }
     let experiment_bucket_map: BTreeMap<String, ExperimentBucket> =
         serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-    Ok(UserProfile {
+    Ok(StoredProfile {
         user_id: user_id.to_owned(),
         experiment_bucket_map,
     })
@@ -427,7 +427,7 @@ impl ProfileStore for RedisStore {
         BACKEND
     }
 
-    async fn lookup(&self, user_id: &str) -> Result<Option<UserProfile>, BackendError> {
+    async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError> {
         let key = self.key(user_id);
         let raw: Option<Vec<u8>> = self
             .run(|mut conn| async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await })
@@ -435,7 +435,7 @@ impl ProfileStore for RedisStore {
         raw.map(|raw| parse_stored(user_id, &raw)).transpose()
     }
 
-    async fn save(&self, profile: &UserProfile) -> Result<(), BackendError> {
+    async fn save(&self, profile: &StoredProfile) -> Result<(), BackendError> {
         if profile.experiment_bucket_map.is_empty() {
             return Ok(());
         }

@@ -14,74 +14,39 @@
 //! are all acked is deleted with its bitmap. Table `meta` keeps the byte count that bounds the
 //! queue and the count of unacked records. Publish and ack are one write transaction each.
 //! Which records are in flight (received, not yet acked) is kept in memory only, so a restart
-//! redelivers everything not acked. A queue file from before batching (table `records`, one
-//! entry per record) is converted when opened.
+//! redelivers everything not acked.
 
-use crate::queue::{AckToken, Delivery, EventQueue, Record, QUEUE_FULL};
+mod batch;
+mod config;
+mod state;
+
+pub use config::{DiskConfig, DEFAULT_MAX_BYTES, FILE_NAME};
+
+use crate::queue::{AckToken, Delivery, EventQueue, Record};
 use crate::BackendError;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
-use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use batch::{batch_len, corrupt, encode_batch, BatchReader};
+use redb::{Database, ReadableTable, TableDefinition};
+use state::{Bitmap, OpenBatch, Pos, State};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 const BACKEND: &str = "disk";
 
-/// Default bound of the queue: 1 GiB of record bytes.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-
-/// File name of the database inside [`DiskConfig::path`].
-pub const FILE_NAME: &str = "queue.redb";
-
 /// redb's page cache. Records are read about once, so a small cache is enough.
 const CACHE_BYTES: usize = 32 << 20;
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const ACKED: TableDefinition<u64, &[u8]> = TableDefinition::new("acked");
-/// One entry per record: the layout before batching, converted at open.
-const LEGACY_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_BYTES: &str = "bytes";
 const META_UNACKED: &str = "unacked";
 
-/// Records per batch when converting a legacy queue file.
-const LEGACY_BATCH: usize = 1000;
-
 /// Bytes counted for a stored batch: its encoding and its 8-byte key.
 fn accounted(encoded_len: usize) -> u64 {
     encoded_len as u64 + 8
-}
-
-fn default_max_bytes() -> u64 {
-    DEFAULT_MAX_BYTES
-}
-
-/// Settings of the disk queue (`type = "disk"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskConfig {
-    /// Directory holding the queue file (the daemon passes `<state_dir>/events`); created if
-    /// missing.
-    pub path: PathBuf,
-    /// Bound on the queued bytes (key + value + 8 bytes per record, 12 per published batch).
-    /// At the bound, `publish` fails with a [`crate::queue::is_queue_full`] error; a batch
-    /// frees its bytes once every record of it is acked. The file itself is larger than the
-    /// records it holds (B-tree pages, free pages kept for reuse): allow about twice this on
-    /// disk.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-}
-
-impl DiskConfig {
-    /// A config for a queue in `path` with the default bound.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
-    }
 }
 
 /// The durable on-disk queue. Cheap to share: clone the `Arc` it is built into.
@@ -97,82 +62,6 @@ struct Shared {
     acking: Mutex<()>,
     /// Woken when records become receivable (publish, release).
     ready: Notify,
-}
-
-/// A record's place: (batch number, index in the batch).
-type Pos = (u64, u32);
-
-/// What only this process knows: the delivery positions.
-#[derive(Debug, Default)]
-struct State {
-    /// The number the next published batch gets.
-    next_batch: u64,
-    /// Records at or after this position were never received by this process.
-    cursor: Pos,
-    /// Batches read since the start and not yet deleted: their size and acked records.
-    open: BTreeMap<u64, OpenBatch>,
-    /// Received and neither acked nor released.
-    in_flight: HashSet<Pos>,
-    /// Released: to be received again before anything new.
-    released: BTreeSet<Pos>,
-    /// Records stored and not acked.
-    unacked: u64,
-}
-
-/// A batch this process has read.
-#[derive(Debug)]
-struct OpenBatch {
-    len: u32,
-    /// Its accounted bytes, freed when it is deleted.
-    bytes: u64,
-    acked: Bitmap,
-}
-
-/// One bit per record of a batch.
-#[derive(Debug, Clone)]
-struct Bitmap {
-    bits: Vec<u8>,
-    set: u32,
-}
-
-impl Bitmap {
-    fn new(len: u32) -> Self {
-        Self {
-            bits: vec![0; (len as usize).div_ceil(8)],
-            set: 0,
-        }
-    }
-
-    fn from_bytes(len: u32, bytes: &[u8]) -> Self {
-        let mut b = Self::new(len);
-        for i in 0..len {
-            if bytes
-                .get(i as usize / 8)
-                .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-            {
-                b.insert(i);
-            }
-        }
-        b
-    }
-
-    fn contains(&self, i: u32) -> bool {
-        self.bits
-            .get(i as usize / 8)
-            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-    }
-
-    /// Sets bit `i`; false when it was set already (or out of range).
-    fn insert(&mut self, i: u32) -> bool {
-        match self.bits.get_mut(i as usize / 8) {
-            Some(byte) if *byte & (1 << (i % 8)) == 0 => {
-                *byte |= 1 << (i % 8);
-                self.set += 1;
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 impl DiskQueue {
@@ -244,10 +133,9 @@ fn meta_get(meta: &redb::Table<&str, u64>, key: &str) -> Result<Option<u64>, Bac
     Ok(meta.get(key).map_err(db_err)?.map(|v| v.value()))
 }
 
-/// Reads the counters and positions back (converting a legacy file first).
+/// Reads the counters and positions back.
 fn load_state(db: &Database) -> Result<(State, u64), BackendError> {
     let txn = db.begin_write().map_err(db_err)?;
-    convert_legacy(&txn)?;
     let (state, bytes) = {
         let batches = txn.open_table(BATCHES).map_err(db_err)?;
         let acked = txn.open_table(ACKED).map_err(db_err)?;
@@ -299,146 +187,6 @@ fn recount(
     Ok((bytes, unacked))
 }
 
-/// Moves the records of a pre-batching queue file into batches, in order.
-fn convert_legacy(txn: &WriteTransaction) -> Result<(), BackendError> {
-    let legacy: Vec<Record> = {
-        let table = txn.open_table(LEGACY_RECORDS).map_err(db_err)?;
-        if table.is_empty().map_err(db_err)? {
-            Vec::new()
-        } else {
-            let mut out = Vec::new();
-            for item in table.iter().map_err(db_err)? {
-                let (k, v) = item.map_err(db_err)?;
-                out.push(decode_legacy(k.value(), v.value())?);
-            }
-            out
-        }
-    };
-    txn.delete_table(LEGACY_RECORDS).map_err(db_err)?;
-    if legacy.is_empty() {
-        return Ok(());
-    }
-    let mut batches = txn.open_table(BATCHES).map_err(db_err)?;
-    let first = batches
-        .last()
-        .map_err(db_err)?
-        .map_or(0, |(k, _)| k.value() + 1);
-    let mut bytes = 0;
-    for (batch, chunk) in (first..).zip(legacy.chunks(LEGACY_BATCH)) {
-        let blob = encode_batch(chunk)?;
-        bytes += accounted(blob.len());
-        batches.insert(batch, blob.as_slice()).map_err(db_err)?;
-    }
-    let mut meta = txn.open_table(META).map_err(db_err)?;
-    let old_bytes = meta_get(&meta, META_BYTES)?.unwrap_or(0);
-    let old_unacked = meta_get(&meta, META_UNACKED)?.unwrap_or(0);
-    meta.insert(META_BYTES, old_bytes + bytes).map_err(db_err)?;
-    meta.insert(META_UNACKED, old_unacked + legacy.len() as u64)
-        .map_err(db_err)?;
-    tracing::info!(
-        records = legacy.len(),
-        "disk queue converted to batched storage"
-    );
-    Ok(())
-}
-
-/// A legacy record: `[key length: u32 LE][key][value]`.
-fn decode_legacy(seq: u64, bytes: &[u8]) -> Result<Record, BackendError> {
-    let corrupt = || BackendError::fatal(BACKEND, format!("legacy record {seq} is corrupt"));
-    let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(corrupt());
-    }
-    let (key, value) = rest.split_at(len);
-    Ok(Record {
-        key: std::str::from_utf8(key).map_err(|_| corrupt())?.to_owned(),
-        value: value.to_vec(),
-    })
-}
-
-fn len_u32(n: usize, what: &str) -> Result<u32, BackendError> {
-    u32::try_from(n).map_err(|_| BackendError::fatal(BACKEND, format!("{what} longer than 4 GiB")))
-}
-
-/// Packs records into one batch value.
-fn encode_batch(records: &[Record]) -> Result<Vec<u8>, BackendError> {
-    let size: usize = records
-        .iter()
-        .map(|r| 8 + r.key.len() + r.value.len())
-        .sum();
-    let mut out = Vec::with_capacity(4 + size);
-    out.extend_from_slice(&len_u32(records.len(), "batch")?.to_le_bytes());
-    for r in records {
-        out.extend_from_slice(&len_u32(r.key.len(), "record key")?.to_le_bytes());
-        out.extend_from_slice(r.key.as_bytes());
-        out.extend_from_slice(&len_u32(r.value.len(), "record value")?.to_le_bytes());
-        out.extend_from_slice(&r.value);
-    }
-    Ok(out)
-}
-
-fn corrupt(batch: u64) -> BackendError {
-    BackendError::fatal(BACKEND, format!("batch {batch} is corrupt"))
-}
-
-/// The record count in a batch's header.
-fn batch_len(batch: u64, blob: &[u8]) -> Result<u32, BackendError> {
-    let (n, _) = blob
-        .split_first_chunk::<4>()
-        .ok_or_else(|| corrupt(batch))?;
-    Ok(u32::from_le_bytes(*n))
-}
-
-/// One record of a batch as stored: (index, key, value).
-type RawRecord<'a> = (u32, &'a [u8], &'a [u8]);
-
-/// Walks the records of a batch.
-struct BatchReader<'a> {
-    batch: u64,
-    rest: &'a [u8],
-    index: u32,
-    len: u32,
-}
-
-impl<'a> BatchReader<'a> {
-    fn new(batch: u64, blob: &'a [u8]) -> Result<Self, BackendError> {
-        let len = batch_len(batch, blob)?;
-        Ok(Self {
-            batch,
-            rest: &blob[4..],
-            index: 0,
-            len,
-        })
-    }
-
-    fn take(&mut self) -> Result<&'a [u8], BackendError> {
-        let (n, rest) = self
-            .rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt(self.batch))?;
-        let n = u32::from_le_bytes(*n) as usize;
-        if rest.len() < n {
-            return Err(corrupt(self.batch));
-        }
-        let (field, rest) = rest.split_at(n);
-        self.rest = rest;
-        Ok(field)
-    }
-
-    /// The next record, or `None` after the last.
-    fn next_record(&mut self) -> Result<Option<RawRecord<'a>>, BackendError> {
-        if self.index >= self.len {
-            return Ok(None);
-        }
-        let key = self.take()?;
-        let value = self.take()?;
-        let i = self.index;
-        self.index += 1;
-        Ok(Some((i, key, value)))
-    }
-}
-
 fn delivery(pos: Pos, key: &[u8], value: &[u8]) -> Result<Delivery, BackendError> {
     let key = std::str::from_utf8(key).map_err(|_| corrupt(pos.0))?;
     Ok(Delivery {
@@ -446,7 +194,10 @@ fn delivery(pos: Pos, key: &[u8], value: &[u8]) -> Result<Delivery, BackendError
             key: key.to_owned(),
             value: value.to_vec(),
         },
-        token: AckToken(format!("{}:{}", pos.0, pos.1)),
+        token: AckToken::Disk {
+            batch: pos.0,
+            index: pos.1,
+        },
     })
 }
 
@@ -464,13 +215,13 @@ impl Shared {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let used = meta_get(&meta, META_BYTES)?.unwrap_or(0);
             if used.saturating_add(batch_bytes) > self.max_bytes {
-                return Err(BackendError::fatal(
-                    BACKEND,
-                    format!(
-                        "{QUEUE_FULL}: {used} of {} bytes used, batch of {count} records needs {batch_bytes}",
+                return Err(BackendError::Full {
+                    backend: BACKEND,
+                    message: format!(
+                        "{used} of {} bytes used, batch of {count} records needs {batch_bytes}",
                         self.max_bytes
                     ),
-                ));
+                });
             }
             let unacked = meta_get(&meta, META_UNACKED)?.unwrap_or(0);
             meta.insert(META_BYTES, used + batch_bytes)
@@ -658,15 +409,12 @@ impl Shared {
     }
 }
 
-fn parse_tokens(tokens: &[AckToken]) -> Result<Vec<Pos>, BackendError> {
+fn positions(tokens: &[AckToken]) -> Result<Vec<Pos>, BackendError> {
     tokens
         .iter()
-        .map(|t| {
-            t.0.split_once(':')
-                .and_then(|(b, i)| Some((b.parse().ok()?, i.parse().ok()?)))
-                .ok_or_else(|| {
-                    BackendError::fatal(BACKEND, format!("not a disk queue token: {:?}", t.0))
-                })
+        .map(|t| match *t {
+            AckToken::Disk { batch, index } => Ok((batch, index)),
+            _ => Err(t.foreign(BACKEND)),
         })
         .collect()
 }
@@ -729,12 +477,12 @@ impl EventQueue for DiskQueue {
         if tokens.is_empty() {
             return Ok(());
         }
-        let positions = parse_tokens(tokens)?;
+        let positions = positions(tokens)?;
         self.blocking(move |s| s.ack(positions)).await
     }
 
     async fn release(&self, tokens: &[AckToken]) -> Result<(), BackendError> {
-        let positions = parse_tokens(tokens)?;
+        let positions = positions(tokens)?;
         {
             let mut st = self.shared.state();
             for pos in positions {

@@ -11,15 +11,14 @@
 //! and the rest are delivered. SQS records in flight have their visibility extended for as
 //! long as their delivery takes.
 
+use super::dead_letter::DeadLetter;
+use super::record;
 use crate::config::FlusherSettings;
 use crate::core::events::UserEvent;
 use crate::core::payload::{endpoint_for_region, render, Client, RenderedBatch};
 use crate::metrics::Metrics;
-use crate::service::events::{from_record, to_record};
 use backends::queue::AckToken;
 use backends::EventQueue;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -37,28 +36,6 @@ enum Outcome {
     },
     /// Shutting down with the batch undelivered.
     Cancelled,
-}
-
-/// Appends rejected events to a JSON-lines file.
-pub struct DeadLetter {
-    path: PathBuf,
-}
-
-impl DeadLetter {
-    /// A dead letter at `path` (created on first use).
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-
-    fn write(&self, events: &[&UserEvent], reason: &str) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for e in events {
-            serde_json::to_writer(&mut buf, &serde_json::json!({"reason": reason, "event": e}))
-                .map_err(std::io::Error::other)?;
-            buf.push(b'\n');
-        }
-        append(&self.path, &buf)
-    }
 }
 
 /// The flusher worker.
@@ -228,7 +205,7 @@ impl Inner {
         let mut tokens = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for d in batch {
-            match from_record(&d.record) {
+            match record::decode(&d.record) {
                 Ok(e) => {
                     events.push(e);
                     tokens.push(d.token);
@@ -275,7 +252,7 @@ impl Inner {
         }
         let records = events
             .iter()
-            .map(|e| to_record(e))
+            .map(|e| record::encode(e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         self.queue
@@ -297,16 +274,10 @@ impl Inner {
                 .await
                 .map_err(|e| e.to_string())
         } else {
-            let mut lines = Vec::new();
-            for (d, _) in &poison {
-                lines.extend_from_slice(String::from_utf8_lossy(&d.record.value).as_bytes());
-                lines.push(b'\n');
-            }
-            let path = self
-                .settings
-                .dead_letter_path
-                .with_extension("undecodable.jsonl");
-            append(&path, &lines).map_err(|e| e.to_string())
+            let records: Vec<&backends::Record> = poison.iter().map(|(d, _)| &d.record).collect();
+            self.dead_letter
+                .write_undecodable(&records)
+                .map_err(|e| e.to_string())
         };
         let tokens: Vec<AckToken> = poison.into_iter().map(|(d, _)| d.token).collect();
         if let Err(e) = stored {
@@ -456,18 +427,4 @@ impl Inner {
             }
         }
     }
-}
-
-/// Appends `bytes` (whole lines) to the file at `path` in ONE write and syncs it: batches
-/// delivered concurrently may dead-letter at the same time, and their lines must not interleave.
-fn append(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
 }
