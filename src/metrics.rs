@@ -18,6 +18,9 @@ pub enum Route {
     Datafile,
     Lookup,
     Save,
+    Batch,
+    Reset,
+    Notifications,
     Webhook,
     AdminDatafile,
     Health,
@@ -28,7 +31,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 18] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -38,6 +41,9 @@ impl Route {
         Route::Datafile,
         Route::Lookup,
         Route::Save,
+        Route::Batch,
+        Route::Reset,
+        Route::Notifications,
         Route::Webhook,
         Route::AdminDatafile,
         Route::Health,
@@ -58,6 +64,9 @@ impl Route {
             Route::Datafile => "datafile",
             Route::Lookup => "lookup",
             Route::Save => "save",
+            Route::Batch => "batch",
+            Route::Reset => "reset",
+            Route::Notifications => "notifications",
             Route::Webhook => "webhook",
             Route::AdminDatafile => "admin_datafile",
             Route::Health => "health",

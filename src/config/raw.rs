@@ -4,6 +4,7 @@
 //! the backends crate's tagged config enums, whose `deny_unknown_fields` rejects keys that do not
 //! apply to the chosen `type`.
 
+use super::agent_api::{BatchSection, NotificationsSection};
 use super::{invalid, ConfigError, EventSettings, ProfileSettings, SaveMode};
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,8 @@ pub struct AdminSection {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSection {
     pub enable_overrides: bool,
+    pub batch: BatchSection,
+    pub notifications: NotificationsSection,
 }
 
 #[derive(Debug, Deserialize, Serialize, PartialEq)]
