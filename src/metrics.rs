@@ -21,6 +21,7 @@ pub enum Route {
     Batch,
     Reset,
     Notifications,
+    SendOdpEvent,
     Webhook,
     AdminDatafile,
     Health,
@@ -31,7 +32,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 18] = [
+    pub const ALL: [Route; 19] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -44,6 +45,7 @@ impl Route {
         Route::Batch,
         Route::Reset,
         Route::Notifications,
+        Route::SendOdpEvent,
         Route::Webhook,
         Route::AdminDatafile,
         Route::Health,
@@ -67,6 +69,7 @@ impl Route {
             Route::Batch => "batch",
             Route::Reset => "reset",
             Route::Notifications => "notifications",
+            Route::SendOdpEvent => "send_odp_event",
             Route::Webhook => "webhook",
             Route::AdminDatafile => "admin_datafile",
             Route::Health => "health",

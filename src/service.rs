@@ -7,6 +7,7 @@
 mod activate;
 pub mod breaker;
 mod notify;
+pub mod odp;
 pub mod profiles;
 mod projects;
 mod reset;
@@ -94,6 +95,8 @@ pub struct Service {
     pub enable_overrides: bool,
     /// Decision and conversion notifications (off until [`Service::with_notifier`]).
     notify: crate::notify::Notifier,
+    /// ODP segments and events (disabled until [`Service::with_odp`]).
+    odp: odp::Odp,
 }
 
 /// A project pinned to the datafile it serves right now: one atomic load per request, so every
@@ -147,7 +150,20 @@ impl Service {
             metrics,
             enable_overrides,
             notify: crate::notify::Notifier::disabled(),
+            odp: odp::Odp::new(
+                crate::config::OdpSettings {
+                    enabled: false,
+                    ..Default::default()
+                },
+                0,
+            ),
         }
+    }
+
+    /// The service with ODP reached as `settings` say.
+    pub fn with_odp(mut self, settings: crate::config::OdpSettings) -> Self {
+        self.odp = odp::Odp::new(settings, self.projects.len());
+        self
     }
 
     /// The service with notifications published to `notify`.

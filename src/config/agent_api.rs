@@ -1,9 +1,11 @@
-//! The `[api.batch]` and `[api.notifications]` sections: the bounds of `POST /v1/batch` and the
-//! switch and subscriber bound of `GET /v1/notifications/event-stream`, as written and as
+//! The `[api.batch]`, `[api.notifications]` and `[api.odp]` sections: the bounds of
+//! `POST /v1/batch`, the switch and subscriber bound of `GET /v1/notifications/event-stream`,
+//! and how ODP (segments for decide, `POST /v1/send-odp-event`) is reached, as written and as
 //! validated.
 
 use super::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// `[api.batch]` as written.
 #[derive(Debug, Deserialize, Serialize, PartialEq)]
@@ -45,6 +47,79 @@ impl Default for NotificationsSection {
             buffer: 1024,
         }
     }
+}
+
+/// `[api.odp]` as written.
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OdpSection {
+    /// Use the ODP integration a datafile declares (off: ODP calls answer "ODP is not enabled").
+    pub enabled: bool,
+    /// Send ODP requests here instead of the datafile's host ("" = the datafile's).
+    pub host: String,
+    /// Users whose qualified segments are kept in memory.
+    pub segments_cache_size: u64,
+    #[serde(with = "humantime_serde")]
+    pub segments_cache_timeout: Duration,
+    /// ODP events waiting to be sent (more: 503).
+    pub events_queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for OdpSection {
+    fn default() -> Self {
+        // The Agent's `client.odp` defaults.
+        Self {
+            enabled: true,
+            host: String::new(),
+            segments_cache_size: 10_000,
+            segments_cache_timeout: Duration::from_secs(600),
+            events_queue: 10_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The validated `[api.odp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OdpSettings {
+    pub enabled: bool,
+    pub host: Option<String>,
+    pub segments_cache_size: u64,
+    pub segments_cache_timeout: Duration,
+    pub events_queue: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for OdpSettings {
+    fn default() -> Self {
+        let o = OdpSection::default();
+        Self {
+            enabled: o.enabled,
+            host: None,
+            segments_cache_size: o.segments_cache_size,
+            segments_cache_timeout: o.segments_cache_timeout,
+            events_queue: o.events_queue,
+            request_timeout: o.request_timeout,
+        }
+    }
+}
+
+/// Validates `[api.odp]`.
+pub fn validate_odp(o: &OdpSection) -> Result<OdpSettings, ConfigError> {
+    let host = o.host.trim().trim_end_matches('/');
+    if !host.is_empty() && !(host.starts_with("http://") || host.starts_with("https://")) {
+        return Err(invalid("api.odp.host", "must be an http(s) URL or \"\""));
+    }
+    Ok(OdpSettings {
+        enabled: o.enabled,
+        host: (!host.is_empty()).then(|| host.to_string()),
+        segments_cache_size: o.segments_cache_size,
+        segments_cache_timeout: o.segments_cache_timeout,
+        events_queue: positive("api.odp.events_queue", o.events_queue)?,
+        request_timeout: o.request_timeout,
+    })
 }
 
 /// The validated bounds of the Agent endpoints that take many operations or hold connections.

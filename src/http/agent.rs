@@ -7,6 +7,7 @@ pub mod batch;
 pub mod config;
 pub mod decide;
 pub mod notifications;
+pub mod odp;
 pub mod overrides;
 pub mod profiles;
 pub mod reset;

@@ -31,7 +31,7 @@ pub struct RouteDef {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 17] = [
+pub static ROUTES: [RouteDef; 18] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -105,6 +105,12 @@ pub static ROUTES: [RouteDef; 17] = [
         path: "/v1/notifications/event-stream",
         label: Route::Notifications,
         handler: |s, r, _| Box::pin(async move { agent::notifications::event_stream(&s, r).await }),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/v1/send-odp-event",
+        label: Route::SendOdpEvent,
+        handler: |s, r, _| Box::pin(async move { agent::odp::send_odp_event(&s, r).await }),
     },
     RouteDef {
         method: Method::POST,
