@@ -340,39 +340,47 @@ impl Service {
         options: SegmentOptions,
     ) -> Result<Vec<String>, OdpError> {
         let odp = self.odp_integration(snap)?;
+        self.odp.qualified(snap.index, &odp, user_id, options).await
+    }
+}
+
+impl Odp {
+    /// The user's qualified segments among those the datafile tests, from the cache or ODP.
+    pub async fn qualified(
+        &self,
+        project: usize,
+        odp: &OdpIntegration,
+        user_id: &str,
+        options: SegmentOptions,
+    ) -> Result<Vec<String>, OdpError> {
         if odp.segments.is_empty() {
             return Ok(Vec::new());
         }
         if options.reset_cache {
-            self.odp.segments.invalidate_all();
+            self.segments.invalidate_all();
         }
-        let key = (snap.index, user_id.to_string());
+        let key = (project, user_id.to_string());
         if !options.ignore_cache {
-            if let Some(found) = self.odp.segments.get(&key).await {
+            if let Some(found) = self.segments.get(&key).await {
                 return Ok(found.as_ref().clone());
             }
         }
-        let found = self.fetch_segments(&odp, user_id).await?;
+        let found = self.fetch(odp, user_id).await?;
         if !options.ignore_cache {
-            self.odp.segments.insert(key, Arc::new(found.clone())).await;
+            self.segments.insert(key, Arc::new(found.clone())).await;
         }
         Ok(found)
     }
 
-    async fn fetch_segments(
-        &self,
-        odp: &OdpIntegration,
-        user_id: &str,
-    ) -> Result<Vec<String>, OdpError> {
+    async fn fetch(&self, odp: &OdpIntegration, user_id: &str) -> Result<Vec<String>, OdpError> {
         let query = json!({
             "query": "query($userId: String, $audiences: [String]) {customer(fs_user_id: $userId) {audiences(subset: $audiences) {edges {node {name state}}}}}",
             "variables": {"userId": user_id, "audiences": odp.segments},
         });
         let failed = |e: &dyn std::fmt::Display| OdpError::Segments(e.to_string());
         let answer: Value = self
-            .odp
             .http
-            .post(format!("{}/v3/graphql", self.odp.host(odp)))
+            .post(format!("{}/v3/graphql", self.host(odp)))
             .header("x-api-key", &odp.public_key)
             .json(&query)
             .send()
@@ -435,5 +443,139 @@ mod tests {
         assert!(o.reset_cache && !o.ignore_cache);
         assert_eq!(identifier_name("FS-USER-ID"), "fs_user_id");
         assert_eq!(identifier_name("email"), "email");
+    }
+
+    /// A local ODP GraphQL stand-in: answers every query with `qualified` as qualified and the
+    /// other asked segments as not; counts requests and keeps the last query.
+    struct StandIn {
+        url: String,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+        last: Arc<Mutex<Option<(String, Value)>>>,
+    }
+
+    async fn stand_in(qualified: &'static [&'static str]) -> StandIn {
+        use http_body_util::{BodyExt, Full};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let last = Arc::new(Mutex::new(None));
+        let (r, l) = (requests.clone(), last.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, l) = (r.clone(), l.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (r, l) = (r.clone(), l.clone());
+                            async move {
+                                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let key = req
+                                    .headers()
+                                    .get("x-api-key")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let q: Value = serde_json::from_slice(&body).unwrap();
+                                let edges: Vec<Value> = q["variables"]["audiences"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|a| {
+                                        let name = a.as_str().unwrap();
+                                        let state = if qualified.contains(&name) {
+                                            "qualified"
+                                        } else {
+                                            "not_qualified"
+                                        };
+                                        json!({"node": {"name": name, "state": state}})
+                                    })
+                                    .collect();
+                                *l.lock().unwrap() = Some((key, q));
+                                let answer =
+                                    json!({"data": {"customer": {"audiences": {"edges": edges}}}});
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                    bytes::Bytes::from(answer.to_string()),
+                                )))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        StandIn {
+            url,
+            requests,
+            last,
+        }
+    }
+
+    fn odp_at(url: &str) -> (Odp, OdpIntegration) {
+        let odp = Odp::new(OdpSettings::default(), 1);
+        let integration = OdpIntegration {
+            host: url.to_string(),
+            public_key: "pk-1".into(),
+            segments: vec!["seg-a".into(), "seg-b".into()],
+        };
+        (odp, integration)
+    }
+
+    #[tokio::test]
+    async fn segments_are_fetched_once_then_cached_unless_told_otherwise() {
+        let server = stand_in(&["seg-b"]).await;
+        let (odp, i) = odp_at(&server.url);
+        let count = || server.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let got = odp
+            .qualified(0, &i, "u1", SegmentOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(got, ["seg-b"]);
+        let (key, query) = server.last.lock().unwrap().clone().unwrap();
+        assert_eq!(key, "pk-1", "the public key goes in x-api-key");
+        assert_eq!(query["variables"]["userId"], "u1");
+        assert_eq!(query["variables"]["audiences"], json!(["seg-a", "seg-b"]));
+        assert!(query["query"].as_str().unwrap().contains("fs_user_id"));
+
+        odp.qualified(0, &i, "u1", SegmentOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(count(), 1, "the second fetch is served from the cache");
+        let ignore = SegmentOptions {
+            ignore_cache: true,
+            ..Default::default()
+        };
+        odp.qualified(0, &i, "u1", ignore).await.unwrap();
+        assert_eq!(count(), 2, "IGNORE_CACHE asks ODP");
+        let reset = SegmentOptions {
+            reset_cache: true,
+            ..Default::default()
+        };
+        odp.qualified(0, &i, "u1", reset).await.unwrap();
+        assert_eq!(count(), 3, "RESET_CACHE empties the cache first");
+        odp.qualified(0, &i, "u2", SegmentOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(count(), 4, "users are cached apart");
+    }
+
+    #[tokio::test]
+    async fn no_tested_segments_means_no_request_and_a_dead_host_is_an_error() {
+        let server = stand_in(&[]).await;
+        let (odp, mut i) = odp_at(&server.url);
+        i.segments.clear();
+        assert!(odp
+            .qualified(0, &i, "u", SegmentOptions::default())
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let (odp, i) = odp_at("http://127.0.0.1:9");
+        assert!(matches!(
+            odp.qualified(0, &i, "u", SegmentOptions::default()).await,
+            Err(OdpError::Segments(_))
+        ));
     }
 }
