@@ -157,7 +157,8 @@ impl App {
                 metrics,
                 settings.enable_overrides,
             )
-            .with_notifier(notifier(&settings.agent_api)),
+            .with_notifier(notifier(&settings.agent_api))
+            .with_odp(settings.odp.clone()),
         );
 
         let (listener, addr) = bind("", settings.server.listen).await?;

@@ -379,3 +379,175 @@ async fn event_stream_subscribers_are_bounded_and_freed_on_disconnect() {
     }
     app.stop().await;
 }
+
+/// A local ODP stand-in: records every request's path, `x-api-key` and JSON body.
+struct OdpStandIn {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+}
+
+async fn odp_stand_in() -> OdpStandIn {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let key = req
+                                .headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            s.lock().unwrap().push((path, key, body));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from_static(b"{}"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    OdpStandIn { url, seen }
+}
+
+/// A daemon whose [`KEY`] project declares an ODP integration, with ODP requests sent to `host`.
+async fn odp_app(name: &str, host: &str) -> TestApp {
+    let dir = common::scratch(&format!("{name}-df"));
+    let mut df: Value = serde_json::from_str(include_str!("../examples/datafile.json")).unwrap();
+    df["integrations"] =
+        json!([{"key": "odp", "host": "https://odp.invalid", "publicKey": "pub-7"}]);
+    let path = dir.join("odp.json");
+    std::fs::write(&path, df.to_string()).unwrap();
+    spawn_app(
+        name,
+        &[
+            ("BUCKETD__DATAFILE__PATH", path.display().to_string()),
+            ("BUCKETD__DATAFILE__SDK_KEY", KEY.to_string()),
+            ("BUCKETD__API__ODP__HOST", host.to_string()),
+        ],
+    )
+    .await
+}
+
+async fn send_odp(app: &TestApp, body: &str) -> (u16, String) {
+    let r = app
+        .client
+        .post(app.url("/v1/send-odp-event"))
+        .header("X-Optimizely-SDK-Key", KEY)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn error_of(text: &str) -> Value {
+    serde_json::from_str::<Value>(text).unwrap()["error"].clone()
+}
+
+#[tokio::test]
+async fn odp_events_go_to_the_datafiles_odp_with_its_key() {
+    let odp = odp_stand_in().await;
+    let app = odp_app("odp-send", &odp.url).await;
+    let event = json!({"type": "t1", "action": "clicked", "identifiers": {"FS-USER-ID": "u9"},
+                       "data": {"plan": "gold", "seats": 3}});
+    let (status, text) = send_odp(&app, &event.to_string()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"success": true})
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while odp.seen.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = odp.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one batch reached the stand-in");
+    let (path, key, body) = &seen[0];
+    assert_eq!((path.as_str(), key.as_str()), ("/v3/events", "pub-7"));
+    let sent = &body[0];
+    assert_eq!(sent["type"], "t1");
+    assert_eq!(sent["action"], "clicked");
+    assert_eq!(sent["identifiers"], json!({"fs_user_id": "u9"}));
+    assert_eq!(sent["data"]["plan"], "gold");
+    assert_eq!(sent["data"]["seats"], 3);
+    assert!(sent["data"]["idempotence_id"].is_string());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn odp_events_are_validated_with_the_agents_statuses() {
+    let odp = odp_stand_in().await;
+    let app = odp_app("odp-invalid", &odp.url).await;
+    let cases = [
+        (
+            r#"{"action": "a", "identifiers": {}}"#,
+            400,
+            "missing or empty \"identifiers\" in request payload",
+        ),
+        (
+            r#"{"action": "a", "identifiers": ""}"#,
+            400,
+            "error parsing request body",
+        ),
+        (
+            r#"{"action": "", "identifiers": {"user_id": "u"}}"#,
+            400,
+            "missing \"action\" in request payload",
+        ),
+        ("not json", 400, "error parsing request body"),
+        (
+            r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": {"y": 1}}}"#,
+            500,
+            "ODP data is not valid",
+        ),
+        (
+            r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
+            500,
+            "ODP data is not valid",
+        ),
+    ];
+    for (body, status, error) in cases {
+        let (got, text) = send_odp(&app, body).await;
+        assert_eq!((got, error_of(&text)), (status, json!(error)), "{body}");
+    }
+    app.stop().await;
+
+    // A datafile without an ODP integration.
+    let plain = app_without_odp().await;
+    let (status, text) = send_odp(
+        &plain,
+        r#"{"action": "a", "identifiers": {"user_id": "u"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&text)),
+        (500, json!("ODP is not integrated"))
+    );
+    plain.stop().await;
+    assert!(
+        odp.seen.lock().unwrap().is_empty(),
+        "nothing invalid was sent"
+    );
+}
+
+async fn app_without_odp() -> TestApp {
+    app("odp-none", &[]).await
+}
