@@ -109,7 +109,7 @@ impl Default for OdpSettings {
 /// Validates `[api.odp]`.
 pub fn validate_odp(o: &OdpSection) -> Result<OdpSettings, ConfigError> {
     let host = o.host.trim().trim_end_matches('/');
-    if !host.is_empty() && !(host.starts_with("http://") || host.starts_with("https://")) {
+    if !(host.is_empty() || host.starts_with("http://") || host.starts_with("https://")) {
         return Err(invalid("api.odp.host", "must be an http(s) URL or \"\""));
     }
     Ok(OdpSettings {

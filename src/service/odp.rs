@@ -50,11 +50,9 @@ pub struct OdpIntegration {
 fn qualified_values(v: &Value, out: &mut BTreeSet<String>) {
     match v {
         Value::Array(items) => items.iter().for_each(|i| qualified_values(i, out)),
-        Value::Object(m) => {
-            if m.get("match").and_then(Value::as_str) == Some("qualified") {
-                if let Some(s) = m.get("value").and_then(Value::as_str) {
-                    out.insert(s.to_string());
-                }
+        Value::Object(m) if m.get("match").and_then(Value::as_str) == Some("qualified") => {
+            if let Some(s) = m.get("value").and_then(Value::as_str) {
+                out.insert(s.to_string());
             }
         }
         // `audiences[].conditions` is JSON text.
@@ -144,12 +142,15 @@ struct Outgoing {
     event: Value,
 }
 
+/// A datafile text's address and the integration parsed from it (`None`: it declares none).
+type ParsedIntegration = (usize, Option<Arc<OdpIntegration>>);
+
 /// The service's ODP state.
 pub struct Odp {
     settings: OdpSettings,
     http: reqwest::Client,
     /// Per project: the datafile text's address and the integration parsed from it.
-    integrations: Mutex<Vec<Option<(usize, Option<Arc<OdpIntegration>>)>>>,
+    integrations: Mutex<Vec<Option<ParsedIntegration>>>,
     segments: Cache<(usize, String), Arc<Vec<String>>>,
     events: Mutex<Option<mpsc::Sender<Outgoing>>>,
 }
