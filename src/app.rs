@@ -149,13 +149,17 @@ impl App {
             workers_cancel.clone(),
         );
         workers.spawn(producer);
-        let service = Arc::new(Service::new(
-            projects.clone(),
-            gateway,
-            sink,
-            metrics,
-            settings.enable_overrides,
-        ));
+        let service = Arc::new(
+            Service::new(
+                projects.clone(),
+                gateway,
+                sink,
+                metrics,
+                settings.enable_overrides,
+            )
+            .with_notifier(notifier(&settings.agent_api))
+            .with_odp(settings.odp.clone()),
+        );
 
         let (listener, addr) = bind("", settings.server.listen).await?;
         let http = Arc::new(HttpState::new(
@@ -167,6 +171,7 @@ impl App {
                 max_attributes: settings.server.max_attributes,
                 header_read_timeout: settings.server.header_read_timeout,
                 admin_token: settings.admin_token.clone(),
+                agent_api: settings.agent_api.clone(),
             },
         ));
         Ok(Self {
@@ -292,4 +297,13 @@ async fn bind(
 /// Best effort: outside systemd there is no notify socket and this does nothing.
 fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     let _ = sd_notify::notify(false, &[state]);
+}
+
+/// The notification channel `[api.notifications]` asks for (none when off).
+fn notifier(api: &crate::config::AgentApiSettings) -> crate::notify::Notifier {
+    if api.notifications_enabled {
+        crate::notify::Notifier::new(api.notifications_buffer, api.notifications_max_subscribers)
+    } else {
+        crate::notify::Notifier::disabled()
+    }
 }

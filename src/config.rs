@@ -4,7 +4,10 @@
 //! Unknown keys and bad values are errors at start that name the key. Tests inject an
 //! environment map instead of mutating the process environment.
 
+mod agent_api;
 mod raw;
+
+pub use agent_api::{AgentApiSettings, OdpSettings};
 
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use std::collections::HashMap;
@@ -153,6 +156,10 @@ pub struct Settings {
     pub projects: Vec<ProjectSettings>,
     pub admin_token: Option<Secret>,
     pub enable_overrides: bool,
+    /// Bounds of `/v1/batch` and the `/v1/notifications` stream.
+    pub agent_api: AgentApiSettings,
+    /// How ODP is reached (`[api.odp]`).
+    pub odp: OdpSettings,
     pub log_format: LogFormat,
     pub log_level: String,
     pub profiles: ProfileSettings,
@@ -265,6 +272,8 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         projects,
         admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
         enable_overrides: raw.api.enable_overrides,
+        agent_api: agent_api::validate(&raw.api.batch, &raw.api.notifications)?,
+        odp: agent_api::validate_odp(&raw.api.odp)?,
         log_format,
         log_level: raw.log.level,
         profiles,

@@ -20,7 +20,7 @@ pub mod sdk;
 
 pub use ops::status;
 
-use crate::config::Secret;
+use crate::config::{AgentApiSettings, Secret};
 use crate::metrics::Metrics;
 use crate::service::Service;
 use hyper::body::Incoming;
@@ -43,6 +43,8 @@ pub struct HttpConfig {
     pub max_attributes: usize,
     pub header_read_timeout: Duration,
     pub admin_token: Option<Secret>,
+    /// Bounds of `/v1/batch` (and the notification switch, which the service holds).
+    pub agent_api: AgentApiSettings,
 }
 
 /// What every handler can reach: the service, and the HTTP layer's own settings split by who
@@ -55,6 +57,8 @@ pub struct HttpState {
     pub(crate) trust_forwarded_for: bool,
     /// Bearer token of `PUT /admin/datafile` (`None`: the admin API is off).
     pub(crate) admin_token: Option<Secret>,
+    /// Bounds of `/v1/batch`.
+    pub(crate) agent_api: AgentApiSettings,
 }
 
 impl HttpState {
@@ -71,6 +75,7 @@ impl HttpState {
             },
             trust_forwarded_for: config.trust_forwarded_for,
             admin_token: config.admin_token,
+            agent_api: config.agent_api,
         }
     }
 }

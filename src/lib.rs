@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod service;
 pub mod signal;

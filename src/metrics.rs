@@ -18,6 +18,10 @@ pub enum Route {
     Datafile,
     Lookup,
     Save,
+    Batch,
+    Reset,
+    Notifications,
+    SendOdpEvent,
     Webhook,
     AdminDatafile,
     Health,
@@ -28,7 +32,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 19] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -38,6 +42,10 @@ impl Route {
         Route::Datafile,
         Route::Lookup,
         Route::Save,
+        Route::Batch,
+        Route::Reset,
+        Route::Notifications,
+        Route::SendOdpEvent,
         Route::Webhook,
         Route::AdminDatafile,
         Route::Health,
@@ -58,6 +66,10 @@ impl Route {
             Route::Datafile => "datafile",
             Route::Lookup => "lookup",
             Route::Save => "save",
+            Route::Batch => "batch",
+            Route::Reset => "reset",
+            Route::Notifications => "notifications",
+            Route::SendOdpEvent => "send_odp_event",
             Route::Webhook => "webhook",
             Route::AdminDatafile => "admin_datafile",
             Route::Health => "health",

@@ -6,10 +6,14 @@
 
 mod activate;
 pub mod breaker;
+mod notify;
+pub mod odp;
 pub mod profiles;
 mod projects;
+mod reset;
 
 pub use activate::{ActivateRequest, ActivateScope, Activated};
+pub use notify::ProjectNotifications;
 pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 
 use crate::core::emit::conversion;
@@ -89,6 +93,10 @@ pub struct Service {
     pub events: Arc<EventSender>,
     pub metrics: Arc<Metrics>,
     pub enable_overrides: bool,
+    /// Decision and conversion notifications (off until [`Service::with_notifier`]).
+    notify: crate::notify::Notifier,
+    /// ODP segments and events (disabled until [`Service::with_odp`]).
+    odp: odp::Odp,
 }
 
 /// A project pinned to the datafile it serves right now: one atomic load per request, so every
@@ -141,7 +149,27 @@ impl Service {
             events,
             metrics,
             enable_overrides,
+            notify: crate::notify::Notifier::disabled(),
+            odp: odp::Odp::new(
+                crate::config::OdpSettings {
+                    enabled: false,
+                    ..Default::default()
+                },
+                0,
+            ),
         }
+    }
+
+    /// The service with ODP reached as `settings` say.
+    pub fn with_odp(mut self, settings: crate::config::OdpSettings) -> Self {
+        self.odp = odp::Odp::new(settings, self.projects.len());
+        self
+    }
+
+    /// The service with notifications published to `notify`.
+    pub fn with_notifier(mut self, notify: crate::notify::Notifier) -> Self {
+        self.notify = notify;
+        self
     }
 
     /// The project an SDK key selects (the first project without one).
@@ -232,7 +260,7 @@ impl Service {
             None => counts.experiment_none.inc(),
         }
         self.finish(outcome.profile, outcome.events).await;
-        Ok(ExperimentAnswer {
+        let answer = ExperimentAnswer {
             experiment_key: exp.key.clone(),
             experiment_id: exp.id.clone(),
             variation_key: variation.map(|v| v.key.clone()),
@@ -240,7 +268,9 @@ impl Service {
             reasons: outcome.decision.reasons,
             buckets,
             bucketing_id: user.bucketing_id().to_string(),
-        })
+        };
+        self.notify_experiment(snap, user, &answer);
+        Ok(answer)
     }
 
     /// `decide` for some flags (`None`: all), with one profile lookup for all of them.
@@ -261,6 +291,7 @@ impl Service {
                 .decide(keys, options, profile.as_ref(), &mut Clock)
         };
         let decisions = outcome.decision;
+        self.notify_flags(snap, user, &decisions, !outcome.events.is_empty());
         let enabled = decisions.iter().filter(|d| d.enabled).count() as u64;
         let counts = &self.metrics.decision_handles;
         counts.flag_enabled.inc_by(enabled);
@@ -290,6 +321,7 @@ impl Service {
         )
         .ok_or_else(|| ServiceError::UnknownEvent(event_key.to_string()))?;
         self.events.send(vec![event]);
+        self.notify_track(snap, event_key, user_id, attributes, tags);
         Ok(TrackAnswer {
             event_key: event_key.to_string(),
         })

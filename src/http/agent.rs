@@ -3,10 +3,14 @@
 //! the user body most of them share is here.
 
 pub mod activate;
+pub mod batch;
 pub mod config;
 pub mod decide;
+pub mod notifications;
+pub mod odp;
 pub mod overrides;
 pub mod profiles;
+pub mod reset;
 pub mod track;
 
 use super::error::ApiError;

@@ -31,7 +31,7 @@ pub struct RouteDef {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 14] = [
+pub static ROUTES: [RouteDef; 18] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -87,6 +87,30 @@ pub static ROUTES: [RouteDef; 14] = [
         path: "/v1/save",
         label: Route::Save,
         handler: |s, r, _| Box::pin(async move { agent::profiles::save(&s, r).await }),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/v1/batch",
+        label: Route::Batch,
+        handler: |s, r, peer| Box::pin(async move { agent::batch::batch(&s, r, peer).await }),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/v1/reset",
+        label: Route::Reset,
+        handler: |s, r, _| Box::pin(async move { agent::reset::reset(&s, r).await }),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/v1/notifications/event-stream",
+        label: Route::Notifications,
+        handler: |s, r, _| Box::pin(async move { agent::notifications::event_stream(&s, r).await }),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/v1/send-odp-event",
+        label: Route::SendOdpEvent,
+        handler: |s, r, _| Box::pin(async move { agent::odp::send_odp_event(&s, r).await }),
     },
     RouteDef {
         method: Method::POST,
