@@ -120,7 +120,7 @@ impl Selection {
 
     fn parse(q: &Query, config: &ProjectConfig) -> Result<Self, ApiError> {
         let mut s = Self::default();
-        for kind in q.all("type") {
+        for kind in q.values("type") {
             match kind {
                 "experiment" => {
                     for e in config.experiments.iter().filter(|e| !e.is_rollout_rule) {
@@ -139,13 +139,13 @@ impl Selection {
                 }
             }
         }
-        for key in q.all("experimentKey") {
+        for key in q.values("experimentKey") {
             let known = config
                 .experiment_by_key(key)
                 .is_some_and(|i| !config.experiments[i].is_rollout_rule);
             s.add(Kind::Experiment, key, known);
         }
-        for key in q.all("featureKey") {
+        for key in q.values("featureKey") {
             s.add(Kind::Feature, key, config.flag_by_key(key).is_some());
         }
         Ok(s)
