@@ -184,10 +184,12 @@ async fn agent_endpoints_have_agent_shapes() {
         )
         .await;
     assert_eq!((status, t["eventKey"].clone()), (200, json!("purchase")));
-    let (status, _) = app
+    // As the Agent: an undeclared event is answered 200 with an `error`, not a 404.
+    let (status, t) = app
         .post_json("/v1/track?eventKey=nope", &json!({"userId": "u1"}))
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 200);
+    assert_eq!(t["error"], "event with key \"nope\" not found");
     let (status, _) = app.post_json("/v1/track", &json!({"userId": "u1"})).await;
     assert_eq!(status, 400);
 
@@ -203,10 +205,12 @@ async fn agent_endpoints_have_agent_shapes() {
         .get_json("/bucketer?e=checkout_flow_experiment&u=qa")
         .await;
     assert_eq!(b["variation_key"], "control");
-    let (status, _) = app
+    // As the Agent: an unknown variation is a 200 whose message says so.
+    let (status, o) = app
         .post_json("/v1/override", &json!({"userId": "qa", "experimentKey": "checkout_flow_experiment", "variationKey": "nope"}))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 200);
+    assert_eq!(o["messages"][0], "variationKey not found in configuration");
 
     let (status, cfg) = app.get_json("/v1/config").await;
     assert_eq!(status, 200);
@@ -215,15 +219,15 @@ async fn agent_endpoints_have_agent_shapes() {
     let (status, df) = app.get_json("/v1/datafile").await;
     assert_eq!((status, df["revision"].clone()), (200, json!("1")));
 
-    // Profiles: save merges, lookup reads back.
+    // Profiles (the Agent's camelCase): save stores, lookup reads back.
     let (status, _) = app
-        .post_json("/v1/save", &json!({"user_id": "p1", "experiment_bucket_map": {"60000001": {"variation_id": "80000001"}}}))
+        .post_json("/v1/save", &json!({"userId": "p1", "experimentBucketMap": {"60000001": {"variation_id": "80000001"}}}))
         .await;
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, p) = app.post_json("/v1/lookup", &json!({"userId": "p1"})).await;
     assert_eq!(
-        p["experiment_bucket_map"]["60000001"]["variation_id"],
+        p["experimentBucketMap"]["60000001"]["variation_id"],
         "80000001"
     );
     let (_, sticky) = app
@@ -236,7 +240,7 @@ async fn agent_endpoints_have_agent_shapes() {
     let (status, _) = app
         .post_json(
             "/v1/save",
-            &json!({"user_id": "p1", "experiment_bucket_map": {"1": 5}}),
+            &json!({"userId": "p1", "experimentBucketMap": {"1": 5}}),
         )
         .await;
     assert_eq!(status, 400);
@@ -258,7 +262,7 @@ async fn activate_makes_one_profile_lookup_per_request() {
     let before = profile_lookups(&app).await;
     let (status, acts) = app
         .post_json(
-            "/v1/activate?experimentKey=checkout_flow_experiment,platinum_pricing_test&featureKey=new_checkout",
+            "/v1/activate?experimentKey=checkout_flow_experiment&experimentKey=platinum_pricing_test&featureKey=new_checkout",
             &json!({"userId": "one-lookup", "userAttributes": {"tier": "platinum"}}),
         )
         .await;
@@ -269,9 +273,12 @@ async fn activate_makes_one_profile_lookup_per_request() {
         1.0,
         "three keys, one lookup"
     );
-    // No key: every experiment and flag, still one lookup.
+    // Every experiment and flag (the Agent's `type`), still one lookup.
     let (_, all) = app
-        .post_json("/v1/activate", &json!({"userId": "one-lookup-all"}))
+        .post_json(
+            "/v1/activate?type=experiment&type=feature",
+            &json!({"userId": "one-lookup-all"}),
+        )
         .await;
     assert_eq!(all.as_array().unwrap().len(), 4);
     assert_eq!(profile_lookups(&app).await - before, 2.0);
@@ -282,7 +289,7 @@ async fn activate_makes_one_profile_lookup_per_request() {
         .post_json("/v1/lookup", &json!({"userId": "one-lookup"}))
         .await;
     assert!(
-        !p["experiment_bucket_map"].as_object().unwrap().is_empty(),
+        !p["experimentBucketMap"].as_object().unwrap().is_empty(),
         "{p}"
     );
 }
@@ -309,9 +316,10 @@ async fn override_reads_the_override_map_and_saves_no_profile() {
     assert_eq!(status, 200);
     assert_eq!(o["variationKey"], "control");
     assert_eq!(o["prevVariationKey"], "", "no override before");
-    assert_eq!(o["messages"], json!([]));
+    assert_eq!(o["messages"], json!(null), "as the Agent: nothing to say");
     let (_, o) = set("variation_a").await;
     assert_eq!(o["prevVariationKey"], "control");
+    assert_eq!(o["messages"], json!(["updating previous override"]));
     let (_, o) = set("").await;
     assert_eq!(
         (o["variationKey"].clone(), o["prevVariationKey"].clone()),
@@ -325,7 +333,7 @@ async fn override_reads_the_override_map_and_saves_no_profile() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, p) = app.post_json("/v1/lookup", &json!({"userId": user})).await;
     assert_eq!(
-        p["experiment_bucket_map"],
+        p["experimentBucketMap"],
         json!({}),
         "an override saves no profile"
     );

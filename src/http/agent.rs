@@ -15,8 +15,10 @@ pub mod track;
 
 use super::error::ApiError;
 use super::params::parse_json;
+use super::response::{error_line, Resp};
 use super::HttpState;
-use crate::core::{Attributes, ForcedDecision, UserContext};
+use crate::core::{Attributes, ForcedDecision, ProjectConfig, UserContext};
+use crate::service::{PinnedProject, ServiceError};
 use hyper::body::Incoming;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
@@ -43,11 +45,20 @@ impl UserBody {
         let user_id = self
             .user_id
             .clone()
-            .ok_or_else(|| ApiError::BadRequest("`userId` is required".into()))?;
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| ApiError::BadRequest(MISSING_USER_ID.into()))?;
         let attributes = self.user_attributes.clone().unwrap_or_default();
         state.limits.check_attributes(attributes.len())?;
         let mut user = UserContext::new(user_id, attributes);
-        user.forced_decisions = self.forced_decisions.clone();
+        // The Agent reads `"ruleKey": ""` as no rule: a flag-level forced decision.
+        user.forced_decisions = self
+            .forced_decisions
+            .iter()
+            .map(|f| ForcedDecision {
+                rule_key: f.rule_key.clone().filter(|r| !r.is_empty()),
+                ..f.clone()
+            })
+            .collect();
         Ok(user)
     }
 }
@@ -67,4 +78,63 @@ async fn body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = state.limits.read_body(req).await?;
     parse_json(&bytes)
+}
+
+/// The Agent's answer to a body without a `userId` (or with an empty one).
+const MISSING_USER_ID: &str = "missing \"userId\" in request payload";
+
+/// What the Agent answers for an SDK key it cannot fetch a datafile for (the CDN's 403, which
+/// clients match on).
+const UNKNOWN_SDK_KEY: &str =
+    "unable to fetch fresh datafile (consider rechecking SDK key), status code: 403 Forbidden";
+
+/// The project an SDK key selects; an unknown key is the Agent's 403.
+fn pin(state: &HttpState, sdk_key: Option<&str>) -> Result<PinnedProject, ApiError> {
+    state.service.pin(sdk_key).map_err(|e| match e {
+        ServiceError::UnknownProject(_) => ApiError::Forbidden(UNKNOWN_SDK_KEY.into()),
+        other => other.into(),
+    })
+}
+
+/// A handler's outcome as the Agent renders it: errors too end in a newline.
+fn answer(result: Result<Resp, ApiError>) -> Result<Resp, ApiError> {
+    Ok(result.unwrap_or_else(|e| error_line(&e)))
+}
+
+/// Where a flag decision's rule comes from, as the Agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleSource {
+    /// One of the flag's experiments (a feature test).
+    Experiment,
+    /// A delivery rule of the flag's rollout; `everyone_else` for its generated last rule.
+    Rollout { everyone_else: bool },
+    /// No rule (no decision, or an unknown flag).
+    None,
+}
+
+/// The source of `rule_key` in flag `flag_key`.
+fn rule_source(config: &ProjectConfig, flag_key: &str, rule_key: Option<&str>) -> RuleSource {
+    let (Some(flag), Some(rule)) = (config.flag_by_key(flag_key), rule_key) else {
+        return RuleSource::None;
+    };
+    let flag = &config.flags[flag];
+    if flag
+        .experiments
+        .iter()
+        .any(|&e| config.experiments[e].key == rule)
+    {
+        return RuleSource::Experiment;
+    }
+    let rules = flag
+        .rollout
+        .map(|r| config.rollouts[r].rules.as_slice())
+        .unwrap_or_default();
+    match rules.iter().find(|&&e| config.experiments[e].key == rule) {
+        // The Agent's test for the "Everyone Else" rule: a generated rule, whose key is its id
+        // and starts with `default-`.
+        Some(&e) => RuleSource::Rollout {
+            everyone_else: config.experiments[e].id == rule && rule.starts_with("default-"),
+        },
+        None => RuleSource::None,
+    }
 }

@@ -50,6 +50,16 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `key` exactly as given (empty ones included, commas not split), as the
+    /// Agent reads its repeatable parameters.
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// Every value of `key`, comma-separated values split.
     pub fn all(&self, key: &str) -> Vec<&str> {
         self.0

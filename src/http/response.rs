@@ -97,6 +97,31 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
     }
 }
 
+/// A JSON response ending in a newline, as the Optimizely Agent writes every body of `/v1/*`
+/// (clients and the Agent's own tests compare the exact text).
+pub fn json_line<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
+    match serde_json::to_vec(body) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            with_type(status, Body::full(bytes), "application/json")
+        }
+        Err(e) => error_line(&ApiError::Internal(e.to_string())),
+    }
+}
+
+/// [`error_response`] ending in a newline, for `/v1/*`.
+pub fn error_line(e: &ApiError) -> Resp {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!(error = %e, %status, "request failed");
+    }
+    let message = e.to_string();
+    let mut bytes = serde_json::to_vec(&ErrorBody { error: &message })
+        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    bytes.push(b'\n');
+    with_type(status, Body::full(bytes), "application/json")
+}
+
 /// Bytes that already are JSON (a datafile as received), sent as they are.
 pub fn raw_json(bytes: impl Into<Bytes>) -> Resp {
     with_type(StatusCode::OK, Body::full(bytes), "application/json")

@@ -1,33 +1,41 @@
 //! `POST /v1/decide?keys=...`: flag decisions; one key → one object, several or none → an
-//! array.
+//! array. Shapes as the Agent's `DecideOut`: `variables` only when the flag has some,
+//! `isEveryoneElseVariation` on every decision.
 
-use super::{body, UserBody, UserContextOut};
-use crate::core::{DecideOptions, FlagDecision, UserContext};
+use super::{answer, body, pin, rule_source, RuleSource, UserBody, UserContextOut};
+use crate::core::{DecideOptions, FlagDecision, ProjectConfig, UserContext};
 use crate::http::error::ApiError;
 use crate::http::params::{sdk_key, Query};
-use crate::http::response::{json, Resp};
+use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// An Agent `OptimizelyDecision`.
+/// An Agent `DecideOut`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Decision<'a> {
-    flag_key: String,
-    enabled: bool,
     variation_key: String,
+    enabled: bool,
     rule_key: String,
-    variables: Map<String, Value>,
+    flag_key: String,
     user_context: UserContextOut<'a>,
     reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    variables: Map<String, Value>,
+    is_everyone_else_variation: bool,
 }
 
 impl<'a> Decision<'a> {
-    fn new(d: FlagDecision, user: &'a UserContext) -> Self {
+    fn new(config: &ProjectConfig, d: FlagDecision, user: &'a UserContext) -> Self {
+        let source = rule_source(config, &d.flag_key, d.rule_key.as_deref());
         Self {
+            is_everyone_else_variation: source
+                == RuleSource::Rollout {
+                    everyone_else: true,
+                },
             flag_key: d.flag_key,
             enabled: d.enabled,
             variation_key: d.variation_key.unwrap_or_default(),
@@ -44,14 +52,18 @@ impl<'a> Decision<'a> {
 
 /// The handler.
 pub async fn decide(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    answer(decide_flags(state, req).await)
+}
+
+async fn decide_flags(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let keys: Vec<String> = q.all("keys").into_iter().map(str::to_owned).collect();
     let key = sdk_key(&req);
+    let pin = pin(state, key.as_deref())?;
     let b: UserBody = body(state, req).await?;
     let user = b.user(state)?;
     let mut options = DecideOptions::parse(b.decide_options.iter().map(String::as_str))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let pin = state.service.pin(key.as_deref())?;
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     if key_refs.len() == 1 {
         // As in the SDKs, a single-key decide ignores ENABLED_FLAGS_ONLY.
@@ -59,16 +71,17 @@ pub async fn decide(state: &HttpState, req: Request<Incoming>) -> Result<Resp, A
     }
     let selected = (!key_refs.is_empty()).then_some(key_refs.as_slice());
     let decisions = state.service.decide(&pin, selected, &user, options).await?;
+    let config = pin.config();
     if key_refs.len() == 1 {
         let d = decisions
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Internal("decide returned nothing".into()))?;
-        return Ok(json(StatusCode::OK, &Decision::new(d, &user)));
+        return Ok(json_line(StatusCode::OK, &Decision::new(config, d, &user)));
     }
     let all: Vec<Decision<'_>> = decisions
         .into_iter()
-        .map(|d| Decision::new(d, &user))
+        .map(|d| Decision::new(config, d, &user))
         .collect();
-    Ok(json(StatusCode::OK, &all))
+    Ok(json_line(StatusCode::OK, &all))
 }

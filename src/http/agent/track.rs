@@ -1,35 +1,44 @@
-//! `POST /v1/track?eventKey=...`: records a conversion for a declared event.
+//! `POST /v1/track?eventKey=...`: records a conversion. As in the Agent, an event the datafile
+//! does not declare is not a failure of the request: 200 with an `error` field, nothing sent.
 
-use super::{body, UserBody};
+use super::{answer, body, pin, UserBody};
 use crate::http::error::ApiError;
 use crate::http::params::{sdk_key, Query};
-use crate::http::response::{json, Resp};
+use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
+use crate::service::ServiceError;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 
-/// What a tracked conversion answers.
+/// An Agent `Track` answer.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Tracked<'a> {
     user_id: &'a str,
     event_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// The handler.
 pub async fn track(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    answer(track_event(state, req).await)
+}
+
+async fn track_event(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
-    let event_key = q
-        .get("eventKey")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("query parameter `eventKey` is required".into()))?
-        .to_string();
+    let event_key = q.get("eventKey").unwrap_or_default().to_string();
     let key = sdk_key(&req);
+    let pin = pin(state, key.as_deref())?;
     let b: UserBody = body(state, req).await?;
+    if event_key.is_empty() {
+        return Err(ApiError::BadRequest(
+            "missing required path parameter: eventKey".into(),
+        ));
+    }
     let user = b.user(state)?;
-    let pin = state.service.pin(key.as_deref())?;
-    state
+    let sent = state
         .service
         .track(
             &pin,
@@ -38,12 +47,18 @@ pub async fn track(state: &HttpState, req: Request<Incoming>) -> Result<Resp, Ap
             &user.attributes,
             b.event_tags.as_ref(),
         )
-        .await?;
-    Ok(json(
+        .await;
+    let error = match sent {
+        Ok(_) => None,
+        Err(ServiceError::UnknownEvent(k)) => Some(format!("event with key {k:?} not found")),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(json_line(
         StatusCode::OK,
         &Tracked {
             user_id: &user.user_id,
             event_key: &event_key,
+            error,
         },
     ))
 }
