@@ -65,6 +65,8 @@ pub struct PredictionClient {
     url_template: String,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Every attempt's `(rule id, attempt, body)`, when recording (tests compare them).
+    recorder: Option<Arc<std::sync::Mutex<Vec<(String, u32, Value)>>>>,
 }
 
 impl PredictionClient {
@@ -75,6 +77,15 @@ impl PredictionClient {
             url_template: url_template.into(),
             timeout,
             retry,
+            recorder: None,
+        }
+    }
+
+    /// Records every attempt into `log` (for tests that compare requests).
+    pub fn recording(self, log: Arc<std::sync::Mutex<Vec<(String, u32, Value)>>>) -> Self {
+        Self {
+            recorder: Some(log),
+            ..self
         }
     }
 
@@ -109,6 +120,11 @@ impl PredictionClient {
         let body = Self::request_body(rule_id, user_id, attributes, cmab_uuid);
         let mut backoff = self.retry.initial_backoff;
         for attempt in 0..=self.retry.max_retries {
+            if let Some(log) = &self.recorder {
+                if let Ok(mut log) = log.lock() {
+                    log.push((rule_id.to_string(), attempt, body.clone()));
+                }
+            }
             match self.fetch_once(&url, &body).await {
                 Ok(id) => return Ok(id),
                 Err(e) => tracing::debug!(%rule_id, attempt, error = %e, "CMAB prediction failed"),
