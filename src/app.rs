@@ -151,14 +151,16 @@ impl App {
             workers_cancel.clone(),
         );
         workers.spawn(producer);
-        let service = Arc::new(Service::new(
-            projects.clone(),
-            gateway,
-            sink,
-            metrics,
-            settings.enable_overrides,
-        )
-        .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?)));
+        let service = Arc::new(
+            Service::new(
+                projects.clone(),
+                gateway,
+                sink,
+                metrics,
+                settings.enable_overrides,
+            )
+            .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?)),
+        );
 
         let (listener, addr) = bind("", settings.server.listen).await?;
         let http = Arc::new(HttpState::new(

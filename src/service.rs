@@ -16,8 +16,8 @@ pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 use crate::core::emit::conversion;
 use crate::core::events::EventStamp;
 use crate::core::{
-    Attributes, DecideOptions, Decider, ExternalInputs, FlagDecision, ForcedVariations, ProjectConfig, UserContext,
-    UserEvent, UserProfile,
+    Attributes, DecideOptions, Decider, ExternalInputs, FlagDecision, ForcedVariations,
+    ProjectConfig, UserContext, UserEvent, UserProfile,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::EventSender;

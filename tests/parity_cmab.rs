@@ -23,13 +23,13 @@ use bucketd::core::{
     UserContext, UserProfile,
 };
 use bucketd::service::cmab::{
-    resolve, CacheOptions, CmabService, MemoryCache, PredictionClient, RetryPolicy,
+    resolve, CacheOptions, CmabService, MemoryCache, PredictionClient, RequestLog, RetryPolicy,
 };
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_SEED: &str = "20261201";
@@ -37,8 +37,6 @@ const MAX_REPORTED: usize = 5;
 /// The oracle's request timeout (below the server's 1.5 s delay) and backoff.
 const TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF: Duration = Duration::from_millis(1);
-
-type RequestLog = Arc<Mutex<Vec<(String, u32, Value)>>>;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -278,7 +276,12 @@ impl Replay<'_> {
                 fv["variation_key"].as_str(),
             );
             if let Err(err) = forced.set(config, e, &user_id, v) {
-                return miss(0, "set_forced_variation", fv.clone(), json!(err.to_string()));
+                return miss(
+                    0,
+                    "set_forced_variation",
+                    fv.clone(),
+                    json!(err.to_string()),
+                );
             }
         }
         let mut user = UserContext::new(user_id.clone(), attributes);
@@ -295,8 +298,7 @@ impl Replay<'_> {
                 .filter_map(|s| s.as_str().map(str::to_owned))
                 .collect()
         });
-        let mut stored: Option<UserProfile> =
-            serde_json::from_value(u["profile"].clone()).ok();
+        let mut stored: Option<UserProfile> = serde_json::from_value(u["profile"].clone()).ok();
         let mut last_saved: Option<UserProfile> = None;
         let mut n = 0u64;
         let mut stamper = move || {
@@ -337,7 +339,12 @@ impl Replay<'_> {
                         json!(config.experiments[idx].variations[v].key)
                     });
                     if got != call["variation_key"] {
-                        return miss(ci, &format!("{op} {key}"), call["variation_key"].clone(), got);
+                        return miss(
+                            ci,
+                            &format!("{op} {key}"),
+                            call["variation_key"].clone(),
+                            got,
+                        );
                     }
                     (events, saved) = (outcome.events, outcome.profile);
                 }
@@ -352,9 +359,7 @@ impl Replay<'_> {
                         .filter_map(Value::as_str);
                     let mut options = match DecideOptions::parse(names) {
                         Ok(o) => o,
-                        Err(e) => {
-                            return miss(ci, "options", call["options"].clone(), json!(e.0))
-                        }
+                        Err(e) => return miss(ci, "options", call["options"].clone(), json!(e.0)),
                     };
                     if keys.as_ref().is_some_and(|k| k.len() == 1) {
                         options.enabled_flags_only = false;
@@ -404,7 +409,12 @@ impl Replay<'_> {
             }
             let (want, got) = (requests_expected(call), requests_made(self.log));
             if want != got {
-                return miss(ci, &format!("{op} prediction requests"), json!(want), json!(got));
+                return miss(
+                    ci,
+                    &format!("{op} prediction requests"),
+                    json!(want),
+                    json!(got),
+                );
             }
             if let Some(p) = saved {
                 stored = Some(p.clone());
@@ -497,7 +507,15 @@ async fn cmab_decisions_events_and_requests_match_the_python_sdk() {
         oracle.arg("--no-fr");
     }
     let status = oracle
-        .args(["--", "--seed", &seed, "--datafiles", &datafiles, "--users", &users])
+        .args([
+            "--",
+            "--seed",
+            &seed,
+            "--datafiles",
+            &datafiles,
+            "--users",
+            &users,
+        ])
         .args(["--cmab", "--out"])
         .arg(&out)
         .stderr(Stdio::null())

@@ -1,8 +1,8 @@
 //! `activate`: several experiment and feature decisions for one user with one profile lookup and
 //! at most one profile save (the Agent's `/v1/activate`).
 
-use super::{Clock, ExperimentAnswer, PinnedProject, Service, ServiceError};
 use super::cmab::{resolve, CacheOptions};
+use super::{Clock, ExperimentAnswer, PinnedProject, Service, ServiceError};
 use crate::core::{
     DecideOptions, Decider, ExternalInputs, FlagDecision, ProjectConfig, UserContext, UserProfile,
 };

@@ -58,6 +58,12 @@ impl RetryPolicy {
     }
 }
 
+/// Every attempt a client made: `(rule id, attempt, request body)`.
+pub type RequestLog = Arc<std::sync::Mutex<Vec<(String, u32, Value)>>>;
+
+/// A fetched prediction: `(variation id, cmab_uuid)`.
+type Fetched = Result<(String, String), CmabError>;
+
 /// Posts prediction requests.
 #[derive(Clone)]
 pub struct PredictionClient {
@@ -66,7 +72,7 @@ pub struct PredictionClient {
     timeout: Duration,
     retry: RetryPolicy,
     /// Every attempt's `(rule id, attempt, body)`, when recording (tests compare them).
-    recorder: Option<Arc<std::sync::Mutex<Vec<(String, u32, Value)>>>>,
+    recorder: Option<RequestLog>,
 }
 
 impl PredictionClient {
@@ -82,7 +88,7 @@ impl PredictionClient {
     }
 
     /// Records every attempt into `log` (for tests that compare requests).
-    pub fn recording(self, log: Arc<std::sync::Mutex<Vec<(String, u32, Value)>>>) -> Self {
+    pub fn recording(self, log: RequestLog) -> Self {
         Self {
             recorder: Some(log),
             ..self
@@ -322,7 +328,7 @@ impl CmabService {
             }
             answers.push(hit);
         }
-        let mut fetched: Vec<(usize, Result<(String, String), CmabError>)> = Vec::new();
+        let mut fetched: Vec<(usize, Fetched)> = Vec::new();
         while let Some(done) = fetches.join_next().await {
             match done {
                 Ok(r) => fetched.push(r),
@@ -436,6 +442,134 @@ pub async fn resolve<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A prediction endpoint answering `variation_id` "v1", failing the first `fail_first`
+    /// requests with a 500; returns its URL template and the request count.
+    async fn endpoint(fail_first: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let (status, body) = if n < fail_first {
+                    ("500 Internal Server Error", "{}")
+                } else {
+                    ("200 OK", r#"{"predictions":[{"variation_id":"v1"}]}"#)
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("http://127.0.0.1:{port}/predict/{{}}"), count)
+    }
+
+    fn service(url: &str) -> CmabService {
+        let retry = RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_secs(1),
+            multiplier: 2.0,
+        };
+        let client = PredictionClient::new(url, Duration::from_secs(2), retry);
+        CmabService::new(
+            client,
+            Arc::new(MemoryCache::new(100, Duration::from_secs(60))),
+        )
+    }
+
+    fn pending(rule: &str, attr: i64) -> Vec<Pending> {
+        let mut attributes = Attributes::new();
+        attributes.insert("1".into(), json!(attr));
+        vec![Pending::Prediction {
+            rule_id: rule.into(),
+            attributes,
+        }]
+    }
+
+    fn uuid_of(answers: &[(String, Prediction)]) -> String {
+        match &answers[0].1 {
+            Prediction::Variation { cmab_uuid, .. } => cmab_uuid.clone(),
+            Prediction::Failed => panic!("failed prediction"),
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_options_follow_the_sdk() {
+        let (url, count) = endpoint(0).await;
+        let s = service(&url);
+        let none = CacheOptions::default();
+        let first = uuid_of(&s.predict("u", &pending("r", 1), none).await);
+        let hit = uuid_of(&s.predict("u", &pending("r", 1), none).await);
+        assert_eq!(
+            (hit.as_str(), count.load(Ordering::SeqCst)),
+            (first.as_str(), 1)
+        );
+        // Other attributes: a miss, fetched and cached again.
+        let changed = uuid_of(&s.predict("u", &pending("r", 2), none).await);
+        assert_ne!(changed, first);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        // IGNORE: fetched, and the cache is neither read nor written.
+        let ignore = CacheOptions {
+            ignore: true,
+            ..none
+        };
+        let ignored = uuid_of(&s.predict("u", &pending("r", 2), ignore).await);
+        assert_ne!(ignored, changed);
+        assert_eq!(
+            uuid_of(&s.predict("u", &pending("r", 2), none).await),
+            changed
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        // INVALIDATE: this user's entry is fetched again.
+        let inv = CacheOptions {
+            invalidate_user: true,
+            ..none
+        };
+        let renewed = uuid_of(&s.predict("u", &pending("r", 2), inv).await);
+        assert_ne!(renewed, changed);
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+        // RESET: every entry goes, another user's included.
+        let other = uuid_of(&s.predict("w", &pending("r", 2), none).await);
+        let reset = CacheOptions {
+            reset: true,
+            ..none
+        };
+        let _ = s.predict("u", &pending("r", 2), reset).await;
+        assert_eq!(count.load(Ordering::SeqCst), 6);
+        assert_ne!(
+            uuid_of(&s.predict("w", &pending("r", 2), none).await),
+            other
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test]
+    async fn one_retry_then_the_prediction_fails() {
+        let (url, count) = endpoint(1).await;
+        let s = service(&url);
+        let answers = s
+            .predict("u", &pending("r", 1), CacheOptions::default())
+            .await;
+        assert!(
+            matches!(&answers[0].1, Prediction::Variation { variation_id, .. } if variation_id == "v1")
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        let (url, count) = endpoint(usize::MAX).await;
+        let client = service(&url).client;
+        let err = client.fetch("r", "u", &Attributes::new(), "id").await;
+        assert_eq!(err, Err(CmabError::Exhausted));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn the_sdk_backoff_grows_and_is_capped() {

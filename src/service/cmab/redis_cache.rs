@@ -78,7 +78,9 @@ impl PredictionCache for RedisCache {
     }
 
     async fn save(&self, key: &str, value: CachedPrediction) {
-        let Ok(text) = serde_json::to_string(&value) else { return };
+        let Ok(text) = serde_json::to_string(&value) else {
+            return;
+        };
         let ms = self.ttl.as_millis().max(1) as u64;
         let cmd = redis::cmd("SET")
             .arg(self.key(key))
