@@ -130,3 +130,35 @@ impl PredictionCache for RedisCache {
     async fn remove(&self, _key: &str) {}
     async fn reset(&self) {}
 }
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    /// Against the Redis in `BUCKETD_TEST_REDIS_URL` (skipped without it): two daemons' caches
+    /// with the same prefix share a prediction; remove and reset reach every daemon.
+    #[tokio::test]
+    async fn daemons_share_predictions_in_redis() {
+        let Ok(url) = std::env::var("BUCKETD_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED: BUCKETD_TEST_REDIS_URL not set");
+            return;
+        };
+        let prefix = format!("bucketd-test-cmab-{}:", uuid::Uuid::new_v4());
+        let ttl = Duration::from_secs(60);
+        let a = RedisCache::new(&url, &prefix, ttl).unwrap();
+        let b = RedisCache::new(&url, &prefix, ttl).unwrap();
+        let value = CachedPrediction {
+            attributes_hash: "h".into(),
+            variation_id: "v1".into(),
+            cmab_uuid: "u1".into(),
+        };
+        a.save("1-u-r", value.clone()).await;
+        a.save("1-w-r", value.clone()).await;
+        assert_eq!(b.lookup("1-u-r").await, Some(value.clone()));
+        b.remove("1-u-r").await;
+        assert_eq!(a.lookup("1-u-r").await, None);
+        assert_eq!(a.lookup("1-w-r").await, Some(value));
+        b.reset().await;
+        assert_eq!(a.lookup("1-w-r").await, None);
+    }
+}
