@@ -69,5 +69,80 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions);
+/// A `decide` of one flag whose CMAB experiment is answered from the prediction cache: the first
+/// pass, the cache lookup and the second pass (the cost a cached CMAB answer adds).
+fn cmab_cache_hit(c: &mut Criterion) {
+    use bucketd::core::{Attributes, ExternalInputs};
+    use bucketd::service::cmab::{
+        attributes_hash, cache_key, resolve, CacheOptions, CachedPrediction, CmabService,
+        MemoryCache, PredictionCache, PredictionClient, RetryPolicy,
+    };
+    use std::sync::Arc;
+    use std::time::Duration;
+    let datafile = serde_json::json!({"version": "4", "projectId": "1", "accountId": "1",
+        "revision": "1", "attributes": [{"id": "a1", "key": "country"}], "audiences": [],
+        "events": [], "groups": [], "rollouts": [],
+        "experiments": [{"id": "c1", "key": "cmab_exp", "status": "Running", "layerId": "l1",
+            "audienceIds": [], "forcedVariations": {}, "trafficAllocation": [],
+            "cmab": {"attributeIds": ["a1"], "trafficAllocation": 10000},
+            "variations": [{"id": "v1", "key": "on", "featureEnabled": true},
+                           {"id": "v2", "key": "off", "featureEnabled": false}]}],
+        "featureFlags": [{"id": "f1", "key": "flag", "experimentIds": ["c1"], "rolloutId": "",
+            "variables": []}]});
+    let config = ProjectConfig::parse(datafile.to_string().as_bytes()).expect("bench datafile");
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("country".into(), "nl".into());
+    let user = UserContext::new("user-1", attrs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let cache = Arc::new(MemoryCache::new(10_000, Duration::from_secs(1800)));
+    let mut filtered = Attributes::new();
+    filtered.insert("a1".into(), "nl".into());
+    rt.block_on(cache.save(
+        &cache_key("user-1", "c1"),
+        CachedPrediction {
+            attributes_hash: attributes_hash(&filtered),
+            variation_id: "v1".into(),
+            cmab_uuid: "00000000-0000-4000-8000-000000000000".into(),
+        },
+    ));
+    let retry = RetryPolicy {
+        max_retries: 1,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(10),
+        multiplier: 2.0,
+    };
+    let client = PredictionClient::new("http://127.0.0.1:9/{}", Duration::from_secs(1), retry);
+    let cmab = CmabService::new(client, cache);
+    let options = DecideOptions {
+        disable_decision_event: true,
+        ..DecideOptions::default()
+    };
+    let mut stamp = || (String::new(), 0u64);
+    let mut g = c.benchmark_group("core");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decide_cmab_cache_hit", |b| {
+        b.iter(|| {
+            let outcome = rt.block_on(resolve(
+                Some(&cmab),
+                "user-1",
+                CacheOptions::default(),
+                |inputs: &ExternalInputs| {
+                    Decider::new(&config, &user).with_inputs(inputs).decide(
+                        Some(&["flag"]),
+                        options,
+                        None,
+                        &mut stamp,
+                    )
+                },
+            ));
+            assert_eq!(outcome.decision[0].variation_key.as_deref(), Some("on"));
+            black_box(outcome)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decisions, cmab_cache_hit);
 criterion_main!(benches);

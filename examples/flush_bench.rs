@@ -68,6 +68,7 @@ fn event(i: usize) -> UserEvent {
                 rule_type: "experiment".into(),
                 variation_key: "variation_a".into(),
                 enabled: true,
+                cmab_uuid: None,
             },
         }),
     }

@@ -14,7 +14,7 @@ use crate::http::ops::status::Status;
 use crate::http::{HttpConfig, HttpState};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Flusher, FlusherError};
-use crate::service::{profiles::ProfileGateway, Service};
+use crate::service::{cmab::CmabService, profiles::ProfileGateway, Service};
 use crate::signal::Reloads;
 use crate::source::Project;
 use backends::{BackendError, EventQueue};
@@ -54,6 +54,8 @@ pub enum StartError {
     },
     #[error("flusher: {0}")]
     Flusher(FlusherError),
+    #[error(transparent)]
+    Cmab(#[from] crate::service::cmab::CmabSetupError),
     #[error("project {project}: no datafile (source unavailable and no cached copy): {message}")]
     NoDatafile { project: String, message: String },
 }
@@ -158,7 +160,8 @@ impl App {
                 settings.enable_overrides,
             )
             .with_notifier(notifier(&settings.agent_api))
-            .with_odp(settings.odp.clone()),
+            .with_odp(settings.odp.clone())
+            .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?)),
         );
 
         let (listener, addr) = bind("", settings.server.listen).await?;

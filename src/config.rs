@@ -147,6 +147,40 @@ pub struct FlusherSettings {
     pub dead_letter_path: PathBuf,
 }
 
+/// Where CMAB predictions are cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmabCache {
+    /// In this process (the SDK's LRU cache).
+    Memory,
+    /// Shared by every daemon using this Redis URL.
+    Redis(String),
+}
+
+/// `[cmab]`: the prediction endpoint, its retry policy and the prediction cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CmabSettings {
+    /// URL template; `{}` is replaced by the rule id.
+    pub prediction_url: String,
+    /// Per attempt.
+    pub timeout: std::time::Duration,
+    pub retry: crate::service::cmab::RetryPolicy,
+    pub cache: CmabCache,
+    /// Most predictions kept in memory (LRU).
+    pub cache_size: u64,
+    pub cache_ttl: std::time::Duration,
+    /// Key prefix in a Redis cache.
+    pub cache_prefix: String,
+}
+
+impl Default for CmabSettings {
+    /// The `[cmab]` section's defaults.
+    fn default() -> Self {
+        let mut s = raw::cmab_defaults();
+        s.cache = CmabCache::Memory;
+        s
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -165,6 +199,7 @@ pub struct Settings {
     pub profiles: ProfileSettings,
     pub events: EventSettings,
     pub flusher: FlusherSettings,
+    pub cmab: CmabSettings,
 }
 
 /// Loads defaults, the file (when given or when `config.toml` exists) and the environment map.
@@ -240,6 +275,7 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
     };
     let profiles = raw::profiles(&raw.profiles)?;
     let events = raw::events(&raw.events, &state_dir)?;
+    let cmab = raw::cmab(&raw.cmab)?;
     let flusher = FlusherSettings {
         enabled: raw
             .flusher
@@ -279,6 +315,7 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         profiles,
         events,
         flusher,
+        cmab,
     })
 }
 

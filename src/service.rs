@@ -8,6 +8,7 @@ mod activate;
 pub mod breaker;
 mod notify;
 pub mod odp;
+pub mod cmab;
 pub mod profiles;
 mod projects;
 mod reset;
@@ -19,8 +20,8 @@ pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
 use crate::core::emit::conversion;
 use crate::core::events::EventStamp;
 use crate::core::{
-    Attributes, DecideOptions, Decider, FlagDecision, ForcedVariations, ProjectConfig, UserContext,
-    UserEvent, UserProfile,
+    Attributes, DecideOptions, Decider, ExternalInputs, FlagDecision, ForcedVariations,
+    ProjectConfig, UserContext, UserEvent, UserProfile,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::EventSender;
@@ -97,6 +98,8 @@ pub struct Service {
     notify: crate::notify::Notifier,
     /// ODP segments and events (disabled until [`Service::with_odp`]).
     odp: odp::Odp,
+    /// CMAB predictions (the SDK's defaults unless [`Self::with_cmab`] says otherwise).
+    pub cmab: Arc<cmab::CmabService>,
 }
 
 /// A project pinned to the datafile it serves right now: one atomic load per request, so every
@@ -157,6 +160,7 @@ impl Service {
                 },
                 0,
             ),
+            cmab: Arc::new(cmab::CmabService::sdk_default()),
         }
     }
 
@@ -170,6 +174,11 @@ impl Service {
     pub fn with_notifier(mut self, notify: crate::notify::Notifier) -> Self {
         self.notify = notify;
         self
+    }
+
+    /// With the CMAB prediction service `[cmab]` configures.
+    pub fn with_cmab(self, cmab: Arc<cmab::CmabService>) -> Self {
+        Self { cmab, ..self }
     }
 
     /// The project an SDK key selects (the first project without one).
@@ -239,18 +248,21 @@ impl Service {
             .experiment_by_key(experiment_key)
             .ok_or_else(|| ServiceError::UnknownExperiment(experiment_key.to_string()))?;
         let profile = self.load_profile(&user.user_id, false).await;
-        let (outcome, buckets) = {
+        let decide = |inputs: &ExternalInputs| {
             let overrides = self.overrides[snap.index].read().ok();
             let decider = Decider::new(config, user)
                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
-                .with_reasons(with_reasons);
-            let outcome = if activate {
+                .with_reasons(with_reasons)
+                .with_inputs(inputs);
+            if activate {
                 decider.activate(idx, profile.as_ref(), &mut Clock)
             } else {
                 decider.variation(idx, profile.as_ref())
-            };
-            (outcome, decider.buckets(idx))
+            }
         };
+        let no_options = cmab::CacheOptions::default();
+        let outcome = cmab::resolve(Some(&self.cmab), &user.user_id, no_options, decide).await;
+        let buckets = Decider::new(config, user).buckets(idx);
         let v = outcome.decision.variation;
         let exp = &config.experiments[idx];
         let variation = v.map(|v| &exp.variations[v]);
@@ -284,12 +296,15 @@ impl Service {
         let profile = self
             .load_profile(&user.user_id, options.ignore_user_profile_service)
             .await;
-        let outcome = {
+        let decide = |inputs: &ExternalInputs| {
             let overrides = self.overrides[snap.index].read().ok();
             Decider::new(snap.config(), user)
                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
+                .with_inputs(inputs)
                 .decide(keys, options, profile.as_ref(), &mut Clock)
         };
+        let cache = options.into();
+        let outcome = cmab::resolve(Some(&self.cmab), &user.user_id, cache, decide).await;
         let decisions = outcome.decision;
         self.notify_flags(snap, user, &decisions, !outcome.events.is_empty());
         let enabled = decisions.iter().filter(|d| d.enabled).count() as u64;

@@ -6,6 +6,7 @@
 
 use super::agent_api::{BatchSection, NotificationsSection, OdpSection};
 use super::{invalid, ConfigError, EventSettings, ProfileSettings, SaveMode};
+use super::{CmabCache, CmabSettings};
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -35,6 +36,7 @@ pub struct RawConfig {
     pub profiles: ProfilesSection,
     pub events: EventsSection,
     pub flusher: FlusherSection,
+    pub cmab: CmabSection,
 }
 
 impl Default for RawConfig {
@@ -50,6 +52,7 @@ impl Default for RawConfig {
             profiles: ProfilesSection::default(),
             events: EventsSection::default(),
             flusher: FlusherSection::default(),
+            cmab: CmabSection::default(),
         }
     }
 }
@@ -230,6 +233,105 @@ impl Default for FlusherSection {
             dead_letter_path: None,
         }
     }
+}
+
+/// `[cmab]`: CMAB predictions (defaults: the SDK's).
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CmabSection {
+    pub prediction_url: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub backoff_multiplier: f64,
+    /// `"memory"` or a `redis://` / `rediss://` URL.
+    pub cache: String,
+    pub cache_size: u64,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    pub cache_prefix: String,
+}
+
+impl Default for CmabSection {
+    fn default() -> Self {
+        Self {
+            prediction_url: crate::service::cmab::DEFAULT_PREDICTION_URL.into(),
+            timeout: Duration::from_secs(10),
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            backoff_multiplier: 2.0,
+            cache: "memory".into(),
+            cache_size: 10_000,
+            cache_ttl: Duration::from_secs(30 * 60),
+            cache_prefix: "bucketd:cmab:".into(),
+        }
+    }
+}
+
+/// The validated defaults of `[cmab]`.
+pub(super) fn cmab_defaults() -> CmabSettings {
+    let d = CmabSection::default();
+    CmabSettings {
+        prediction_url: d.prediction_url,
+        timeout: d.timeout,
+        retry: crate::service::cmab::RetryPolicy {
+            max_retries: d.max_retries,
+            initial_backoff: d.initial_backoff,
+            max_backoff: d.max_backoff,
+            multiplier: d.backoff_multiplier,
+        },
+        cache: CmabCache::Memory,
+        cache_size: d.cache_size,
+        cache_ttl: d.cache_ttl,
+        cache_prefix: d.cache_prefix,
+    }
+}
+
+/// Validates `[cmab]`.
+pub(super) fn cmab(c: &CmabSection) -> Result<CmabSettings, ConfigError> {
+    if !c.prediction_url.contains("{}") {
+        return Err(invalid(
+            "cmab.prediction_url",
+            "must contain {} (replaced by the rule id)",
+        ));
+    }
+    url::Url::parse(&c.prediction_url.replace("{}", "rule"))
+        .map_err(|e| invalid("cmab.prediction_url", e))?;
+    if c.timeout.is_zero() {
+        return Err(invalid("cmab.timeout", "must be greater than zero"));
+    }
+    if !(c.backoff_multiplier.is_finite() && c.backoff_multiplier >= 1.0) {
+        return Err(invalid("cmab.backoff_multiplier", "must be at least 1"));
+    }
+    let cache = match c.cache.as_str() {
+        "memory" => CmabCache::Memory,
+        u if u.starts_with("redis://") || u.starts_with("rediss://") => CmabCache::Redis(u.into()),
+        other => {
+            return Err(invalid(
+                "cmab.cache",
+                format!("{other:?} (expected \"memory\" or a redis:// URL)"),
+            ))
+        }
+    };
+    Ok(CmabSettings {
+        prediction_url: c.prediction_url.clone(),
+        timeout: c.timeout,
+        retry: crate::service::cmab::RetryPolicy {
+            max_retries: c.max_retries,
+            initial_backoff: c.initial_backoff,
+            max_backoff: c.max_backoff,
+            multiplier: c.backoff_multiplier,
+        },
+        cache,
+        cache_size: c.cache_size,
+        cache_ttl: c.cache_ttl,
+        cache_prefix: c.cache_prefix.clone(),
+    })
 }
 
 /// Keys whose environment form must be read as a number / boolean / comma list.

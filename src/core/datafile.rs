@@ -112,6 +112,9 @@ pub struct RawExperiment {
     /// `"feature_rollout"` makes the flag's "Everyone Else" variation join this experiment.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// The CMAB block (`attributeIds`, `trafficAllocation`); compiled by `decide::cmab`.
+    #[serde(default)]
+    pub cmab: Option<Value>,
 }
 
 /// A variation of an experiment or rule.

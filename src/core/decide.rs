@@ -11,15 +11,17 @@
 //! External inputs (for CMAB predictions): a decision that needs something the core cannot
 //! compute lists it in [`Outcome::pending`]; the caller fetches it, adds the answer to
 //! [`ExternalInputs`] and decides again with [`Decider::with_inputs`]. Only the final pass (empty
-//! `pending`) has events and a profile worth keeping. No datafile feature needs one yet, so
-//! `pending` is always empty today and a decision never takes a second pass.
+//! `pending`) has events and a profile worth keeping. Only CMAB experiments (`cmab`) ask for one,
+//! so a datafile without them never takes a second pass.
 
+mod cmab;
 mod experiment;
 mod flag;
 mod forced;
 mod sticky;
 mod targeting;
 
+pub use cmab::Cmab;
 pub use flag::{DecideOptions, DecisionSource, FlagDecision, UnknownDecideOption};
 
 use super::bucketing::bucket_value;
@@ -49,11 +51,12 @@ pub struct Outcome<T> {
 
 impl<T> Outcome<T> {
     fn new(decision: T, events: Vec<UserEvent>, sticky: Sticky<'_>) -> Self {
+        let (profile, pending) = sticky.into_parts();
         Self {
             decision,
             events,
-            profile: sticky.into_changed(),
-            pending: Vec::new(),
+            profile,
+            pending,
         }
     }
 

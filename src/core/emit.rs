@@ -102,6 +102,7 @@ pub fn impression(
                 rule_type: what.rule_type.to_string(),
                 variation_key: variation_key.to_string(),
                 enabled: what.enabled,
+                cmab_uuid: None,
             },
         }),
     }

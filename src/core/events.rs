@@ -43,6 +43,9 @@ pub struct DecisionMetadata {
     pub rule_type: String,
     pub variation_key: String,
     pub enabled: bool,
+    /// The prediction id of a CMAB answer (`decide` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmab_uuid: Option<String>,
 }
 
 /// An impression's decision.

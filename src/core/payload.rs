@@ -183,6 +183,7 @@ mod tests {
                     rule_type: "experiment".into(),
                     variation_key: "v".into(),
                     enabled: true,
+                    cmab_uuid: None,
                 },
             }),
         }

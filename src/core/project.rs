@@ -54,6 +54,8 @@ pub struct Experiment {
     pub is_feature_test: bool,
     /// Whether this is a rollout (delivery) rule rather than an experiment.
     pub is_rollout_rule: bool,
+    /// A truthy `cmab` block: decided by a prediction (boxed: most experiments have none).
+    pub cmab: Option<Box<crate::core::decide::Cmab>>,
 }
 
 impl Experiment {

@@ -1,8 +1,11 @@
 //! `activate`: several experiment and feature decisions for one user with one profile lookup and
 //! at most one profile save (the Agent's `/v1/activate`).
 
+use super::cmab::{resolve, CacheOptions};
 use super::{Clock, ExperimentAnswer, PinnedProject, Service, ServiceError};
-use crate::core::{DecideOptions, Decider, FlagDecision, ProjectConfig, UserContext, UserProfile};
+use crate::core::{
+    DecideOptions, Decider, ExternalInputs, FlagDecision, ProjectConfig, UserContext, UserProfile,
+};
 
 /// Which decisions `activate` makes when the request names no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,18 +97,24 @@ impl Service {
         let mut out = Vec::with_capacity(experiment_keys.len() + feature_keys.len());
         let counts = &self.metrics.decision_handles;
         {
-            let overrides = self.overrides[snap.index].read().ok();
-            let decider = Decider::new(config, user)
-                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()));
             for key in experiment_keys {
                 let answer = match config.experiment_by_key(key) {
                     None => Err(ServiceError::UnknownExperiment(key.clone())),
                     Some(idx) => {
-                        let outcome = if request.track {
-                            decider.activate(idx, profile.as_ref(), &mut Clock)
-                        } else {
-                            decider.variation(idx, profile.as_ref())
+                        let decide = |inputs: &ExternalInputs| {
+                            let overrides = self.overrides[snap.index].read().ok();
+                            let decider = Decider::new(config, user)
+                                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
+                                .with_inputs(inputs);
+                            if request.track {
+                                decider.activate(idx, profile.as_ref(), &mut Clock)
+                            } else {
+                                decider.variation(idx, profile.as_ref())
+                            }
                         };
+                        let no_options = CacheOptions::default();
+                        let outcome =
+                            resolve(Some(&self.cmab), &user.user_id, no_options, decide).await;
                         let v = outcome.decision.variation;
                         match v {
                             Some(_) => counts.experiment_variation.inc(),
@@ -121,7 +130,7 @@ impl Service {
                             variation_key: variation.map(|v| v.key.clone()),
                             variation_id: variation.map(|v| v.id.clone()),
                             reasons: outcome.decision.reasons,
-                            buckets: decider.buckets(idx),
+                            buckets: Decider::new(config, user).buckets(idx),
                             bucketing_id: user.bucketing_id().to_string(),
                         })
                     }
@@ -140,8 +149,15 @@ impl Service {
                     None => None,
                     Some(_) => {
                         let keys = [key.as_str()];
-                        let outcome =
-                            decider.decide(Some(&keys), options, profile.as_ref(), &mut Clock);
+                        let decide = |inputs: &ExternalInputs| {
+                            let overrides = self.overrides[snap.index].read().ok();
+                            Decider::new(config, user)
+                                .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
+                                .with_inputs(inputs)
+                                .decide(Some(&keys), options, profile.as_ref(), &mut Clock)
+                        };
+                        let cache = options.into();
+                        let outcome = resolve(Some(&self.cmab), &user.user_id, cache, decide).await;
                         events.extend(outcome.events);
                         keep_changed(&mut profile, &mut changed, outcome.profile);
                         outcome.decision.into_iter().next()

@@ -1,5 +1,6 @@
 //! Experiment decisions, in the SDKs' order: running? → forced variation → whitelist → stored
-//! profile → audiences → group → traffic allocation (→ record the new assignment).
+//! profile → audiences → group → traffic allocation (→ record the new assignment); a CMAB
+//! experiment leaves after audiences for `cmab` (group, its traffic, the prediction; never saved).
 
 use super::sticky::Sticky;
 use super::targeting::BucketOutcome;
@@ -50,6 +51,9 @@ impl Decider<'_> {
                 )
             });
             return None;
+        }
+        if let Some(cmab) = exp.cmab.as_deref() {
+            return self.cmab_variation(idx, cmab, &mut sticky.cmab, reasons);
         }
         match self.bucket(idx, reasons) {
             BucketOutcome::Variation(v) => {

@@ -1,5 +1,6 @@
 //! Flag decisions (`decide`): forced decisions, feature-test experiments in order, then rollout
-//! rules in order, typed variables, decide options and the impression events they cause.
+//! rules in order, typed variables, decide options and the impression events they cause. A flag
+//! halted at a CMAB rule (see `cmab`) gets the error decision and no impression.
 
 use super::sticky::Sticky;
 use super::targeting::BucketOutcome;
@@ -56,6 +57,17 @@ struct FlagChoice {
     source: DecisionSource,
 }
 
+impl Default for FlagChoice {
+    /// No answer (a flag halted at a CMAB rule).
+    fn default() -> Self {
+        Self {
+            rule: None,
+            variation: None,
+            source: DecisionSource::FeatureTest,
+        }
+    }
+}
+
 /// Decide options (the SDKs' `OptimizelyDecideOption`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DecideOptions {
@@ -64,6 +76,10 @@ pub struct DecideOptions {
     pub ignore_user_profile_service: bool,
     pub include_reasons: bool,
     pub exclude_variables: bool,
+    /// CMAB cache options (read by the service's prediction cache, not by the core).
+    pub ignore_cmab_cache: bool,
+    pub reset_cmab_cache: bool,
+    pub invalidate_user_cmab_cache: bool,
 }
 
 /// An unknown decide option name.
@@ -84,6 +100,9 @@ impl DecideOptions {
                 "IGNORE_USER_PROFILE_SERVICE" => o.ignore_user_profile_service = true,
                 "INCLUDE_REASONS" => o.include_reasons = true,
                 "EXCLUDE_VARIABLES" => o.exclude_variables = true,
+                "IGNORE_CMAB_CACHE" => o.ignore_cmab_cache = true,
+                "RESET_CMAB_CACHE" => o.reset_cmab_cache = true,
+                "INVALIDATE_USER_CMAB_CACHE" => o.invalidate_user_cmab_cache = true,
                 other => return Err(UnknownDecideOption(other.to_string())),
             }
         }
@@ -167,8 +186,13 @@ impl Decider<'_> {
                 },
                 None => self.flag_choice(flag, &mut sticky, &mut reasons),
             };
-            let decision = self.answer(flag, choice, options, reasons, &mut events, stamp);
-            if !options.enabled_flags_only || decision.enabled {
+            let (first_event, halt) = (events.len(), sticky.cmab.take_halt());
+            let decision = match halt {
+                Some(_) => super::cmab::error_decision(flag, reasons),
+                None => self.answer(flag, choice, options, reasons, &mut events, stamp),
+            };
+            sticky.cmab.stamp_uuid(&mut events[first_event..]);
+            if !options.enabled_flags_only || decision.enabled || halt.is_some() {
                 out.push(decision);
             }
         }
@@ -199,6 +223,9 @@ impl Decider<'_> {
                     variation: Some((e, v)),
                     source: DecisionSource::FeatureTest,
                 };
+            }
+            if sticky.cmab.halted() {
+                return FlagChoice::default();
             }
         }
         self.rollout_choice(flag, reasons)

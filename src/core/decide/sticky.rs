@@ -1,6 +1,9 @@
 //! One request's sticky-bucketing state: the stored profile as loaded, and a copy made on the
-//! first new assignment, which is what the caller saves.
+//! first new assignment, which is what the caller saves; and the request's CMAB state (inputs
+//! still pending, the halt of the current flag), which travels the same way.
 
+use super::cmab::Trace;
+use super::Pending;
 use crate::core::profile::UserProfile;
 
 /// The profile a decision reads and records into.
@@ -9,6 +12,8 @@ pub(super) struct Sticky<'p> {
     loaded: Option<&'p UserProfile>,
     /// The loaded profile plus this request's new assignments, once there is one.
     updated: Option<UserProfile>,
+    /// CMAB predictions asked for and the current flag's halt.
+    pub(super) cmab: Trace,
 }
 
 impl<'p> Sticky<'p> {
@@ -16,6 +21,7 @@ impl<'p> Sticky<'p> {
         Self {
             loaded,
             updated: None,
+            cmab: Trace::default(),
         }
     }
 
@@ -35,8 +41,8 @@ impl<'p> Sticky<'p> {
             .save_variation(experiment_id, variation_id);
     }
 
-    /// The profile to save, when anything was recorded.
-    pub(super) fn into_changed(self) -> Option<UserProfile> {
-        self.updated
+    /// The profile to save, when anything was recorded, and the inputs still pending.
+    pub(super) fn into_parts(self) -> (Option<UserProfile>, Vec<Pending>) {
+        (self.updated, self.cmab.pending)
     }
 }

@@ -50,6 +50,16 @@ impl Decider<'_> {
         if exp.key.trim().is_empty() {
             return BucketOutcome::NoVariation;
         }
+        if !self.group_admits(idx, reasons) {
+            return BucketOutcome::OtherGroupExperiment;
+        }
+        self.bucket_traffic(exp, reasons)
+    }
+
+    /// The mutually exclusive group step: whether the group's traffic picks experiment `idx`
+    /// (always, outside a `random` group).
+    pub(super) fn group_admits(&self, idx: ExperimentIdx, reasons: &mut Reasons) -> bool {
+        let exp = &self.config.experiments[idx];
         if let Some(g) = exp.group {
             let group = &self.config.groups[g];
             let bucket = bucket_value(self.user.bucketing_id(), &group.id);
@@ -71,15 +81,15 @@ impl Decider<'_> {
                             exp.key, group.id
                         )
                     });
-                    return BucketOutcome::OtherGroupExperiment;
+                    return false;
                 }
                 None => {
                     reasons.add(|| format!("User \"{user_id}\" is in no experiment."));
-                    return BucketOutcome::OtherGroupExperiment;
+                    return false;
                 }
             }
         }
-        self.bucket_traffic(exp, reasons)
+        true
     }
 
     /// The rule's own traffic step: its id salts the hash.

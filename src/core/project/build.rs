@@ -435,5 +435,6 @@ fn compile_experiment(
         kind: e.kind.clone(),
         is_feature_test: false,
         is_rollout_rule: false,
+        cmab: crate::core::decide::Cmab::compile(e.cmab.as_ref()),
     }
 }
