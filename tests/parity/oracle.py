@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
 import re
 import sys
@@ -25,6 +26,7 @@ from collections import Counter
 
 from optimizely import optimizely as optimizely_sdk
 from optimizely import logger as sdk_logger
+from optimizely.cmab.cmab_client import CmabRetryConfig
 from optimizely.event.event_processor import ForwardingEventProcessor
 from optimizely.helpers.sdk_settings import OptimizelySdkSettings
 from optimizely.optimizely_user_context import OptimizelyUserContext
@@ -41,6 +43,14 @@ RECORDED_DECIDE_OPTIONS = [
     "EXCLUDE_VARIABLES",
 ]
 INCLUDE_REASONS = "INCLUDE_REASONS"
+# Only with --cmab (bucketd's replay does not know them yet).
+CMAB_DECIDE_OPTIONS = ["IGNORE_CMAB_CACHE", "RESET_CMAB_CACHE", "INVALIDATE_USER_CMAB_CACHE"]
+# The oracle's CMAB request timeout (the SDK's default is 10 s) and how long the
+# prediction server holds back a "timeout" answer; and the SDK's first retry backoff
+# (default 0.1 s). Neither changes an answer, only how long a run takes.
+CMAB_TIMEOUT = 0.1
+CMAB_SERVER_DELAY = 0.3
+CMAB_INITIAL_BACKOFF = 0.001
 
 # ---------------------------------------------------------------------------
 # Value pools. Conditions and user attributes draw from the same pools so that
@@ -207,11 +217,14 @@ def unwrap_singleton_lists(tree):
 
 
 class DatafileGen:
-    def __init__(self, rng: random.Random, stats: Counter):
+    def __init__(self, rng: random.Random, stats: Counter, cmab_rng: random.Random | None = None):
         self.rng = rng
         self.stats = stats
         self._next_id = rng.randrange(1000, 90000) * 100
         self.exp_keys_used = set()
+        # CMAB additions draw only from their own generator, so that a datafile without
+        # --cmab is exactly the one generated with it minus the CMAB parts' absence.
+        self.cmab_rng = cmab_rng
 
     # -- ids / keys ---------------------------------------------------------
     def nid(self):
@@ -724,6 +737,85 @@ class DatafileGen:
         elif r < 0.56:
             df["localHoldouts"] = []
 
+    # -- CMAB (only with --cmab) --------------------------------------------
+    def gen_cmab(self, df, flags, experiments, groups):
+        """Add CMAB experiments (a truthy `cmab` block) to flags and as plain experiments.
+
+        Uses only `self.cmab_rng` and its own id range (>= 10^9), so the rest of the
+        datafile and the users' random stream up to here are unchanged."""
+        rng = self.cmab_rng
+        st = self.stats
+        next_id = [rng.randrange(10 ** 9, 2 * 10 ** 9)]
+
+        def cid():
+            next_id[0] += rng.randrange(1, 50)
+            return str(next_id[0])
+
+        attr_ids = [a["id"] for a in df["attributes"]]
+        audience_ids = [a["id"] for a in self.all_audiences]
+
+        def cmab_exp(variables, feature):
+            n = rng.choices([1, 2, 3, 4], weights=[10, 40, 30, 20])[0]
+            e = {"id": cid(), "key": "cmab_%s" % next_id[0], "layerId": cid(),
+                 "status": rng.choice(["Running"] * 8 + ["Paused"])}
+            r = rng.random()
+            if r < 0.8:
+                e["type"] = "cmab"
+            elif r < 0.9:
+                e["type"] = rng.choice(["ab", "td", "fr"])
+            st["cmab:type_%s" % e.get("type", "absent")] += 1
+            if audience_ids and rng.random() < 0.3:
+                e["audienceIds"] = rng.sample(audience_ids, 1)
+            else:
+                e["audienceIds"] = []
+            variations = []
+            for i in range(n):
+                v = {"id": cid(), "key": "cmab_var_%d" % i}
+                if feature:
+                    v["featureEnabled"] = rng.random() < 0.7
+                v["variables"] = [{"id": var["id"], "value": rng.choice(VAR_VALUES[var["_t"]])}
+                                  for var in variables if rng.random() < 0.6]
+                variations.append(v)
+            e["variations"] = variations
+            # Ignored by the SDK for CMAB experiments (it buckets into cmab.trafficAllocation).
+            e["trafficAllocation"] = [] if rng.random() < 0.5 else \
+                [{"entityId": variations[0]["id"], "endOfRange": rng.randint(0, 10000)}]
+            e["forcedVariations"] = {}
+            if rng.random() < 0.1:
+                e["forcedVariations"] = {"wl_alice": variations[-1]["key"]}
+            ids = rng.sample(attr_ids, min(len(attr_ids), rng.randint(0, 3)))
+            if rng.random() < 0.1:
+                ids.append("424242")  # unknown attribute id: filtered out
+            traffic = rng.choice([10000, 10000, 5000, rng.randint(0, 10000), 0])
+            e["cmab"] = {"attributeIds": ids, "trafficAllocation": traffic}
+            st["cmab:experiments"] += 1
+            return e
+
+        if "featureFlags" in df and flags and rng.random() < 0.6:
+            for f in rng.sample(flags, min(len(flags), rng.choice([1, 1, 2]))):
+                e = cmab_exp(f["_vars"], True)
+                f["experimentIds"].insert(rng.randint(0, len(f["experimentIds"])), e["id"])
+                if groups and rng.random() < 0.2:
+                    rng.choice(groups)["experiments"].append(e)  # no group traffic for it
+                    st["cmab:in_group"] += 1
+                else:
+                    experiments.append(e)
+                st["cmab:in_flag"] += 1
+        if rng.random() < 0.25:
+            experiments.append(cmab_exp([], False))
+            st["cmab:plain"] += 1
+        # Falsy cmab blocks: ordinary bucketing.
+        for e in experiments:
+            if not e.get("cmab") and rng.random() < 0.05:
+                e["cmab"] = rng.choice([None, {}])
+                st["cmab:falsy_block"] += 1
+        # Some local holdouts also hold CMAB rules.
+        cmab_ids = [e["id"] for e in experiments if e.get("cmab")]
+        for ho in df.get("localHoldouts", []):
+            if cmab_ids and isinstance(ho.get("includedRules"), list) and rng.random() < 0.3:
+                ho["includedRules"].append(rng.choice(cmab_ids))
+                st["cmab:local_holdout_rule"] += 1
+
     # -- whole datafile -----------------------------------------------------
     def generate(self, index):
         rng = self.rng
@@ -831,6 +923,8 @@ class DatafileGen:
         else:
             st["datafile:no_flag_sections"] += 1
         self.gen_holdouts(df, flags, rollouts, experiments, groups)
+        if self.cmab_rng is not None:
+            self.gen_cmab(df, flags, experiments, groups)
         for f in flags:
             del f["_vars"]
         r = rng.random()
@@ -910,10 +1004,11 @@ def holdout_keys(df):
 
 
 class UserGen:
-    def __init__(self, rng, df, stats):
+    def __init__(self, rng, df, stats, cmab=False):
         self.rng = rng
         self.df = df
         self.stats = stats
+        self.cmab = cmab
         self.exps, self.rules, self.wl_ids = collect_keys(df)
         self.flags = df.get("featureFlags", [])
         self.flag_keys = [f["key"] for f in self.flags]
@@ -1143,6 +1238,8 @@ class UserGen:
             pool = self.flag_keys + ["no_such_flag"]
             keys = rng.sample(pool, min(len(pool), rng.randint(1, 3)))
             opts = [o for o in RECORDED_DECIDE_OPTIONS if rng.random() < 0.3]
+            if self.cmab:
+                opts += [o for o in CMAB_DECIDE_OPTIONS if rng.random() < 0.12]
             rng.shuffle(opts)
             plan["decide"] = (keys, opts, rng.random() < 0.3)
         else:
@@ -1171,8 +1268,14 @@ def decision_json(d):
 
 
 class Runner:
-    def __init__(self, df, stats):
+    def __init__(self, df, stats, cmab_server=None, case=None):
         self.logger = logger = CountingLogger(stats)
+        self.cmab_server = cmab_server
+        settings = OptimizelySdkSettings(odp_disabled=True)
+        if cmab_server is not None:
+            cmab_server.register(case, df)
+            settings = OptimizelySdkSettings(odp_disabled=True,
+                                             cmab_prediction_endpoint=cmab_server.url_template(case))
         self.stats = stats
         self.dispatcher = CapturingDispatcher()
         self.ups = InMemoryProfileService()
@@ -1184,7 +1287,7 @@ class Runner:
             # The 5.7.0 default is a BatchEventProcessor (background thread);
             # ForwardingEventProcessor dispatches synchronously inside each call.
             event_processor=ForwardingEventProcessor(self.dispatcher, logger=logger),
-            settings=OptimizelySdkSettings(odp_disabled=True),
+            settings=settings,
         )
         if not self.client.is_valid or self.client.config_manager.get_config() is None:
             raise RuntimeError("generated datafile rejected by the SDK")
@@ -1193,6 +1296,23 @@ class Runner:
         self.global_ids, self.local_ids, keys = holdout_keys(df)
         self.holdout_key_set = set(keys)
         self._instrument(self.client.decision_service)
+        if cmab_server is not None:
+            cc = self.client.cmab_client
+            cc.retry_config = CmabRetryConfig(initial_backoff=CMAB_INITIAL_BACKOFF)
+            fetch = cc.fetch_decision
+            cc.fetch_decision = lambda rule_id, user_id, attributes, cmab_uuid, timeout=None: \
+                fetch(rule_id, user_id, attributes, cmab_uuid, CMAB_TIMEOUT)
+
+    def _cmab(self, call):
+        """Attach the prediction requests a call made (only with --cmab)."""
+        if self.cmab_server is not None:
+            reqs = []
+            for r in self.cmab_server.take_log():
+                r.pop("path", None)
+                self.stats["cmab_request:%s" % r.get("outcome")] += 1
+                reqs.append(r)
+            call["cmab_requests"] = reqs
+        return call
 
     @property
     def stats(self):
@@ -1272,19 +1392,19 @@ class Runner:
             for exp in self.exps:
                 vk = c.activate(exp["key"], uid, copy.deepcopy(attrs))
                 ev = self.dispatcher.take()
-                calls.append({"op": "activate", "experiment_key": exp["key"], "variation_key": vk,
-                              "events": ev})
+                calls.append(self._cmab({"op": "activate", "experiment_key": exp["key"],
+                                         "variation_key": vk, "events": ev}))
                 st["activate:%s" % ("variation" if vk is not None else "null")] += 1
                 st["events:activate"] += len(ev)
             for ek in plan["get_variation_keys"]:
                 vk = c.get_variation(ek, uid, copy.deepcopy(attrs))
                 ev = self.dispatcher.take()
                 assert not ev, "get_variation dispatched events"
-                calls.append({"op": "get_variation", "experiment_key": ek, "variation_key": vk})
+                calls.append(self._cmab({"op": "get_variation", "experiment_key": ek, "variation_key": vk}))
                 st["get_variation:%s" % ("variation" if vk is not None else "null")] += 1
 
             decisions = ctx.decide_all()
-            calls.append(self._decide_call(None, [], decisions))
+            calls.append(self._cmab(self._decide_call(None, [], decisions)))
 
             if plan["decide"] is not None:
                 keys, opts, with_reasons = plan["decide"]
@@ -1294,13 +1414,13 @@ class Runner:
                     decisions = {keys[0]: d}
                 else:
                     decisions = ctx.decide_for_keys(list(keys), actual)
-                calls.append(self._decide_call(list(keys), list(opts), decisions))
+                calls.append(self._cmab(self._decide_call(list(keys), list(opts), decisions)))
                 st["decide:options_%d" % len(opts)] += 1
 
             for ek, tags in plan["tracks"]:
                 ctx.track_event(ek, copy.deepcopy(tags))
                 ev = self.dispatcher.take()
-                calls.append({"op": "track", "event_key": ek, "event_tags": tags, "events": ev})
+                calls.append(self._cmab({"op": "track", "event_key": ek, "event_tags": tags, "events": ev}))
                 st["track:%s" % ("event" if ev else "no_event")] += 1
                 st["events:track"] += len(ev)
                 for e in ev:
@@ -1354,6 +1474,9 @@ def main(argv=None):
     ap.add_argument("--datafiles", type=int, default=20)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cmab", action="store_true",
+                    help="also generate CMAB experiments, answered by a local prediction server "
+                         "(prediction_server.py); bucketd's replay cannot replay them yet")
     args = ap.parse_args(argv)
 
     if SDK_VERSION != EXPECTED_SDK_VERSION:
@@ -1365,13 +1488,21 @@ def main(argv=None):
     stats = Counter()
     cases = []
     t_sdk = 0.0
+    server = None
+    if args.cmab:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from prediction_server import PredictionServer
+        server = PredictionServer(delay=CMAB_SERVER_DELAY).start()
     for i in range(args.datafiles):
-        rng = random.Random(master.getrandbits(64))
-        df = DatafileGen(rng, stats).generate(i)
+        name = "seed%d-df%d" % (args.seed, i)
+        df_seed = master.getrandbits(64)
+        rng = random.Random(df_seed)
+        cmab_rng = random.Random(df_seed ^ 0xC0AB) if args.cmab else None
+        df = DatafileGen(rng, stats, cmab_rng).generate(i)
         ts = time.perf_counter()
-        runner = Runner(df, stats)
+        runner = Runner(df, stats, server, name)
         t_sdk += time.perf_counter() - ts
-        ugen = UserGen(rng, df, stats)
+        ugen = UserGen(rng, df, stats, cmab=args.cmab)
         users = []
         while len(users) < args.users:
             # Per-user counters, merged only if the user is kept.
@@ -1387,7 +1518,9 @@ def main(argv=None):
             t_sdk += time.perf_counter() - ts
         runner.close()
         stats["users"] += len(users)
-        cases.append({"name": "seed%d-df%d" % (args.seed, i), "datafile": df, "users": users})
+        cases.append({"name": name, "datafile": df, "users": users})
+    if server is not None:
+        server.stop()
 
     t_gen = time.perf_counter()
     out = {"seed": args.seed, "sdk_version": SDK_VERSION, "cases": cases}
@@ -1455,6 +1588,8 @@ def print_summary(st, args, total, t_sdk, t_write):
     line("holdout hits", "holdout_hit:")
     line("holdout excl. TD", "holdout_etd:")
     line("flag decision errors", "flag_decision:")
+    line("CMAB generated", "cmab:")
+    line("CMAB requests", "cmab_request:")
     line("SDK exceptions", "sdk_exception:")
     print("  SDK error logs (by message shape):", file=err)
     for k, v in sorted(st.items()):
