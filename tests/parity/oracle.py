@@ -599,9 +599,9 @@ class DatafileGen:
                 vid = self.nid()
             v = {"id": vid, "key": keys[i]}
             r = rng.random()
-            if r < 0.65:
+            if r < 0.55:
                 v["featureEnabled"] = False
-            elif r < 0.87:
+            elif r < 0.85:
                 v["featureEnabled"] = True
                 st["holdout:variation_enabled"] += 1
             else:
@@ -715,8 +715,8 @@ class DatafileGen:
         elif r < 0.68:
             df["holdouts"] = []
         r = rng.random()
-        if r < 0.5:
-            n = rng.choices([1, 2, 3], weights=[50, 35, 15])[0]
+        if r < 0.7:
+            n = rng.choices([1, 2, 3], weights=[40, 40, 20])[0]
             hs = []
             for _ in range(n):
                 ho = self.gen_holdout(variables, known_var_ids)
@@ -734,7 +734,7 @@ class DatafileGen:
                 hs.append(ho)
             df["localHoldouts"] = hs
             st["holdout:local"] += n
-        elif r < 0.56:
+        elif r < 0.76:
             df["localHoldouts"] = []
 
     # -- CMAB (only with --cmab) --------------------------------------------
@@ -1295,6 +1295,7 @@ class Runner:
         self.injected = {k: v["id"] for k, v in fr_injections(df).items()}
         self.global_ids, self.local_ids, keys = holdout_keys(df)
         self.holdout_key_set = set(keys)
+        self.user_seen = set()
         self._instrument(self.client.decision_service)
         if cmab_server is not None:
             cc = self.client.cmab_client
@@ -1335,18 +1336,24 @@ class Runner:
             st = self.stats
             d = res["decision"]
             exp = d.experiment
+            seen = self.user_seen
             if res.get("error"):
                 st["flag_decision:error"] += 1
+                seen.add("flag_decision_error")
             if d.source == "holdout" and exp is not None:
                 if exp.id in self.global_ids:
                     st["holdout_hit:global"] += 1
+                    seen.add("held_out_globally")
                 elif exp.id in self.local_ids:
                     st["holdout_hit:local"] += 1
+                    seen.add("held_out_locally")
             if "holdout_decision" in res:
                 st["holdout_etd:then_%s_%s" % (d.source, "variation" if d.variation else "none")] += 1
+                seen.add("held_out_excluding_targeted_deliveries")
             if d.variation is not None and exp is not None and exp.id in injected and \
                     getattr(d.variation, "id", None) == injected[exp.id]:
                 st["fr_everyone_else:decide"] += 1
+                seen.add("fr_everyone_else_in_decide")
             return res
 
         def counted_variation(*args, **kwargs):
@@ -1356,6 +1363,7 @@ class Runner:
             if v is not None and exp is not None and exp.id in injected and \
                     getattr(v, "id", None) == injected[exp.id]:
                 self.stats["fr_everyone_else:get_variation"] += 1
+                self.user_seen.add("fr_everyone_else_in_get_variation")
             return res
 
         ds.get_decision_for_flag = counted_flag_decision
@@ -1371,6 +1379,7 @@ class Runner:
         attrs = plan["attributes"]
         self.ups.reset(plan["profile"])
         self.dispatcher.take()
+        self.user_seen = set()
         accepted = []
         try:
             for ek, vk in plan["forced_variation_attempts"]:
@@ -1436,6 +1445,8 @@ class Runner:
         for ev_call in calls:
             for e in ev_call.get("events", []):
                 st["event_url:%s" % e["url"]] += 1
+        for tag in self.user_seen:
+            st["users_with:" + tag] += 1
         final = self.ups.saves[-1] if self.ups.saves else None
         st["profile_saved:%s" % (final is not None)] += 1
         return {
@@ -1586,6 +1597,7 @@ def print_summary(st, args, total, t_sdk, t_write):
     line("holdouts generated", "holdout:")
     line("holdout traffic", "holdout_traffic:")
     line("holdout hits", "holdout_hit:")
+    line("users (of all)", "users_with:")
     line("holdout excl. TD", "holdout_etd:")
     line("flag decision errors", "flag_decision:")
     line("CMAB generated", "cmab:")
