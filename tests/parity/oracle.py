@@ -222,8 +222,8 @@ class DatafileGen:
         self.stats = stats
         self._next_id = rng.randrange(1000, 90000) * 100
         self.exp_keys_used = set()
-        # CMAB additions draw only from their own generator, so that a datafile without
-        # --cmab is exactly the one generated with it minus the CMAB parts' absence.
+        # CMAB additions (--cmab) draw only from their own generator, so that everything
+        # else in the datafile, and the draws without --cmab, stay the same.
         self.cmab_rng = cmab_rng
 
     # -- ids / keys ---------------------------------------------------------
