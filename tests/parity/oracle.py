@@ -927,6 +927,14 @@ class DatafileGen:
             self.gen_cmab(df, flags, experiments, groups)
         for f in flags:
             del f["_vars"]
+        group_ids = {m["id"] for g in groups for m in g["experiments"]}
+        exp_by_id = {e["id"]: e for e in collect_keys(df)[0]}
+        for eid, ee in fr_injections(df).items():
+            st["fr:given_everyone_else"] += 1
+            if any(v["key"] == ee["key"] for v in exp_by_id[eid]["variations"]):
+                st["fr:own_variation_has_everyone_else_key"] += 1
+            if eid in group_ids:
+                st["fr:given_everyone_else_in_group"] += 1
         r = rng.random()
         if r < 0.6:
             df["botFiltering"] = rng.random() < 0.5
