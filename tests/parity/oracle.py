@@ -48,8 +48,8 @@ CMAB_DECIDE_OPTIONS = ["IGNORE_CMAB_CACHE", "RESET_CMAB_CACHE", "INVALIDATE_USER
 # The oracle's CMAB request timeout (the SDK's default is 10 s) and how long the
 # prediction server holds back a "timeout" answer; and the SDK's first retry backoff
 # (default 0.1 s). Neither changes an answer, only how long a run takes.
-CMAB_TIMEOUT = 0.1
-CMAB_SERVER_DELAY = 0.3
+CMAB_TIMEOUT = 0.5
+CMAB_SERVER_DELAY = 1.5
 CMAB_INITIAL_BACKOFF = 0.001
 
 # ---------------------------------------------------------------------------
@@ -1319,6 +1319,12 @@ class Runner:
             for r in self.cmab_server.take_log():
                 r.pop("path", None)
                 self.stats["cmab_request:%s" % r.get("outcome")] += 1
+                if r.get("attempt", 0) > 0 and r.get("class") in ("ok", "unknown_variation"):
+                    # A retry the server did not provoke: an answer came later than
+                    # CMAB_TIMEOUT (machine overloaded). This user's record is not reproducible.
+                    self.stats["cmab_request:UNPROVOKED_RETRY"] += 1
+                    print("warning: CMAB request retried without cause (slow machine?): %s" % r,
+                          file=sys.stderr)
                 reqs.append(r)
             call["cmab_requests"] = reqs
         return call

@@ -45,12 +45,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # (outcome, weight out of 1000)
 OUTCOMES = [
-    ("ok", 800),
+    ("ok", 806),
     ("unknown_variation", 40),
     ("fail_once", 60),
     ("fail_always", 40),
-    ("timeout_once", 5),
-    ("timeout_always", 5),
+    ("timeout_once", 2),
+    ("timeout_always", 2),
     ("bad_body", 50),
 ]
 UNKNOWN_VARIATION_ID = "999999999"
@@ -85,7 +85,7 @@ def answer(case, rule_id, visitor_id, attributes, variation_ids):
 class PredictionServer:
     """A threaded HTTP server answering CMAB predictions; see the module docstring."""
 
-    def __init__(self, host="127.0.0.1", port=0, delay=0.3):
+    def __init__(self, host="127.0.0.1", port=0, delay=1.5):
         self.delay = delay
         self.registry = {}   # (case, rule id) -> [variation ids]
         self.attempts = {}   # cmabUUID -> attempts seen
@@ -188,6 +188,7 @@ class PredictionServer:
             return 404, '{"error":"unknown rule"}', 0
         kind = outcome(case, rule, visitor, attributes)
         entry["attempt"] = attempt
+        entry["class"] = kind
         delay = 0
         if kind == "fail_always" or (kind == "fail_once" and attempt == 0):
             entry["outcome"] = "http_error"
@@ -223,8 +224,8 @@ def main(argv=None):
     ap.add_argument("--cases", required=True, help="oracle.py output (its datafiles are served)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--delay", type=float, default=0.3,
-                    help="seconds a timeout answer is held back (default 0.3)")
+    ap.add_argument("--delay", type=float, default=1.5,
+                    help="seconds a timeout answer is held back (default 1.5)")
     args = ap.parse_args(argv)
     with open(args.cases, encoding="utf-8") as fh:
         cases = json.load(fh)
