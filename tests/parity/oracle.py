@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
+import re
 import sys
 import time
 from collections import Counter
 
 from optimizely import optimizely as optimizely_sdk
 from optimizely import logger as sdk_logger
+from optimizely.cmab.cmab_client import CmabRetryConfig
 from optimizely.event.event_processor import ForwardingEventProcessor
 from optimizely.helpers.sdk_settings import OptimizelySdkSettings
 from optimizely.optimizely_user_context import OptimizelyUserContext
@@ -40,6 +43,14 @@ RECORDED_DECIDE_OPTIONS = [
     "EXCLUDE_VARIABLES",
 ]
 INCLUDE_REASONS = "INCLUDE_REASONS"
+# Only with --cmab (bucketd's replay does not know them yet).
+CMAB_DECIDE_OPTIONS = ["IGNORE_CMAB_CACHE", "RESET_CMAB_CACHE", "INVALIDATE_USER_CMAB_CACHE"]
+# The oracle's CMAB request timeout (the SDK's default is 10 s) and how long the
+# prediction server holds back a "timeout" answer; and the SDK's first retry backoff
+# (default 0.1 s). Neither changes an answer, only how long a run takes.
+CMAB_TIMEOUT = 0.5
+CMAB_SERVER_DELAY = 1.5
+CMAB_INITIAL_BACKOFF = 0.001
 
 # ---------------------------------------------------------------------------
 # Value pools. Conditions and user attributes draw from the same pools so that
@@ -107,6 +118,22 @@ BAD_VAR_VALUES = {
 
 STATUSES = ["Running"] * 12 + ["Paused", "Not started", "Launched", "Archived"]
 
+# Experiment `type` values. The SDK branches on exactly two of them: "fr" (a
+# flag's experimentIds rule gets the flag's "Everyone Else" variation appended)
+# and "td" (the only experiments evaluated when a global holdout with
+# excludeTargetedDeliveries holds the user). Everything else, including JSON
+# null, "cmab" without a `cmab` block, and near misses such as
+# "feature_rollout" or "FR", must behave like an absent type.
+_ABSENT = object()
+UNKNOWN_TYPES = ["feature_rollout", "FR", "TD", "", "personalization", "targeted_delivery", None]
+TYPE_WEIGHTS = {
+    # kind: [(type, weight)]
+    "plain": [(_ABSENT, 40), ("ab", 30), ("mab", 6), ("td", 6), ("fr", 6), ("cmab", 3), ("?", 9)],
+    "feature": [(_ABSENT, 20), ("ab", 16), ("mab", 4), ("td", 22), ("fr", 28), ("cmab", 2), ("?", 8)],
+    "rule": [(_ABSENT, 45), ("td", 15), ("fr", 12), ("ab", 5), ("?", 23)],
+}
+HOLDOUT_STATUSES = ["Running"] * 16 + ["Draft", "Concluded", "Archived", "Paused", "running"]
+
 
 class SilentLogger(sdk_logger.BaseLogger):
     """No-op logger (cheaper than the SDK's NoOpLogger, which routes through logging)."""
@@ -114,6 +141,21 @@ class SilentLogger(sdk_logger.BaseLogger):
     @staticmethod
     def critical(*args):
         pass
+
+
+class CountingLogger(SilentLogger):
+    """Silent logger that counts the SDK's error and exception messages (by shape)."""
+
+    _shape = re.compile(r'"[^"]*"|\'[^\']*\'|\d+')
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def error(self, *args):
+        self.counter["sdk_error_log:" + self._shape.sub("_", str(args[0]) if args else "")[:80]] += 1
+
+    def exception(self, *args):
+        self.counter["sdk_exception_log:" + self._shape.sub("_", str(args[0]) if args else "")[:80]] += 1
 
 
 class CapturingDispatcher:
@@ -175,11 +217,14 @@ def unwrap_singleton_lists(tree):
 
 
 class DatafileGen:
-    def __init__(self, rng: random.Random, stats: Counter):
+    def __init__(self, rng: random.Random, stats: Counter, cmab_rng: random.Random | None = None):
         self.rng = rng
         self.stats = stats
         self._next_id = rng.randrange(1000, 90000) * 100
         self.exp_keys_used = set()
+        # CMAB additions (--cmab) draw only from their own generator, so that everything
+        # else in the datafile, and the draws without --cmab, stay the same.
+        self.cmab_rng = cmab_rng
 
     # -- ids / keys ---------------------------------------------------------
     def nid(self):
@@ -416,7 +461,23 @@ class DatafileGen:
             out.append(v)
         return out
 
-    def gen_experiment(self, key_prefix, variables=None, feature=False):
+    def gen_type(self, entity, kind):
+        """Maybe set `type` on an experiment or rollout rule (see TYPE_WEIGHTS)."""
+        rng = self.rng
+        choices, weights = zip(*TYPE_WEIGHTS[kind])
+        t = rng.choices(choices, weights=weights)[0]
+        if t is _ABSENT:
+            self.stats["type:%s:absent" % kind] += 1
+            return None
+        if t == "?":
+            t = rng.choice(UNKNOWN_TYPES)
+            self.stats["type:%s:unknown" % kind] += 1
+        else:
+            self.stats["type:%s:%s" % (kind, t)] += 1
+        entity["type"] = t
+        return t
+
+    def gen_experiment(self, key_prefix, variables=None, feature=False, kind=None):
         rng = self.rng
         exp = {
             "id": self.nid(),
@@ -424,6 +485,7 @@ class DatafileGen:
             "layerId": self.layer_id(),
             "status": rng.choice(STATUSES),
         }
+        self.gen_type(exp, kind or ("feature" if feature else "plain"))
         self.gen_audience_targeting(exp)
         nvar = rng.choices([1, 2, 3, 4], weights=[15, 45, 25, 15])[0]
         keys = None
@@ -482,6 +544,7 @@ class DatafileGen:
                 rule = {"id": self.nid(), "key": self.exp_key("rule")}
             rule["status"] = rng.choice(["Running"] * 8 + ["Paused", "Archived"])
             rule["layerId"] = rid
+            self.gen_type(rule, "rule")
             if last:
                 rule["audienceIds"] = []
             else:
@@ -494,9 +557,14 @@ class DatafileGen:
                 self.stats["rollout:shared_variation_id"] += 1
             elif shared_on is None:
                 shared_on = copy.deepcopy(vars_[0])
+            if last and rng.random() < 0.03:
+                vars_ = []  # "Everyone Else" without variations: nothing to inject into fr rules
+                self.stats["rollout:everyone_else_without_variations"] += 1
             rule["variations"] = vars_
             ids = [v["id"] for v in vars_]
-            if last and rng.random() < 0.6:
+            if not ids:
+                rule["trafficAllocation"] = []
+            elif last and rng.random() < 0.6:
                 rule["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": 10000}]
             elif rng.random() < 0.7:
                 rule["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": rng.randint(0, 10000)}]
@@ -506,6 +574,247 @@ class DatafileGen:
             rule["forcedVariations"] = {}
             rules.append(rule)
         return {"id": rid, "experiments": rules}
+
+    # -- holdouts -----------------------------------------------------------
+    def gen_holdout_variations(self, variables, known_var_ids):
+        """Holdout variations. The SDK keeps them as plain dicts and never registers their
+        `variables`, so a holdout serving featureEnabled=true yields null-cast variables
+        (unless its variation id is also a rule variation's id)."""
+        rng = self.rng
+        st = self.stats
+        n = rng.choices([1, 2, 0], weights=[80, 12, 8])[0]
+        if n == 0:
+            st["holdout:no_variations"] += 1
+        out = []
+        keys = rng.sample(["off", "holdout_off", "control", "on", "ho_a"], n)
+        for i in range(n):
+            r = rng.random()
+            if r < 0.08:
+                vid = "var_" + self.nid()  # opaque: the impression carries variation_id null
+                st["holdout:opaque_variation_id"] += 1
+            elif r < 0.14 and known_var_ids:
+                vid = rng.choice(known_var_ids)  # shared with a rule variation
+                st["holdout:shared_variation_id"] += 1
+            else:
+                vid = self.nid()
+            v = {"id": vid, "key": keys[i]}
+            r = rng.random()
+            if r < 0.55:
+                v["featureEnabled"] = False
+            elif r < 0.85:
+                v["featureEnabled"] = True
+                st["holdout:variation_enabled"] += 1
+            else:
+                st["holdout:variation_featureEnabled_absent"] += 1
+            r = rng.random()
+            if r < 0.45:
+                v["variables"] = []
+            elif r < 0.6:
+                pass  # no "variables" key
+            else:
+                v["variables"] = [{"id": var["id"], "value": self.gen_var_value(var["_t"])}
+                                  for var in variables if rng.random() < 0.6]
+                st["holdout:variation_with_variables"] += 1
+            out.append(v)
+        return out
+
+    def gen_holdout(self, variables, known_var_ids):
+        rng = self.rng
+        st = self.stats
+        ho = {
+            "id": self.nid(),
+            "key": self.exp_key("holdout"),
+            "status": rng.choice(HOLDOUT_STATUSES),
+        }
+        st["holdout:status_%s" % ho["status"]] += 1
+        if rng.random() < 0.5:
+            ho["audienceIds"] = []
+        else:
+            self.gen_audience_targeting(ho)
+            st["holdout:with_audiences"] += 1
+        ho["variations"] = self.gen_holdout_variations(variables, known_var_ids)
+        ids = [v["id"] for v in ho["variations"]]
+        r = rng.random()
+        if not ids:
+            ho["trafficAllocation"] = [] if rng.random() < 0.5 else \
+                [{"entityId": self.nid(), "endOfRange": 5000}]
+        elif r < 0.62:
+            ho["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": rng.randint(500, 4500)}]
+            st["holdout_traffic:partial"] += 1
+        elif r < 0.68:
+            ho["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": 10000}]
+            st["holdout_traffic:full"] += 1
+        elif r < 0.70:
+            ho["trafficAllocation"] = [{"entityId": ids[0], "endOfRange": 0}]
+            st["holdout_traffic:zero"] += 1
+        elif r < 0.73:
+            ho["trafficAllocation"] = []
+            st["holdout_traffic:empty"] += 1
+        else:
+            ho["trafficAllocation"] = self.gen_traffic(ids, "holdout_traffic")
+        r = rng.random()
+        if r < 0.45:
+            ho["excludeTargetedDeliveries"] = True
+        elif r < 0.62:
+            ho["excludeTargetedDeliveries"] = False
+        if rng.random() < 0.1:
+            # Fields of older holdout schemas and of experiments: ignored by the SDK.
+            ho["layerId"] = rng.choice(["", self.nid()])
+            ho["includedFlags"] = []
+            ho["excludedFlags"] = []
+            st["holdout:extra_fields"] += 1
+        return ho
+
+    def gen_holdouts(self, df, flags, rollouts, experiments, groups):
+        """Top-level `holdouts` (global) and `localHoldouts` (rule-scoped)."""
+        rng = self.rng
+        st = self.stats
+        variables = [var for f in flags for var in f["_vars"]]
+        all_exps = experiments + [e for g in groups for e in g["experiments"]]
+        flag_exp_ids = [i for f in flags for i in f["experimentIds"]]
+        rule_ids = [r["id"] for ro in rollouts for r in ro["experiments"]]
+        plain_ids = [e["id"] for e in all_exps if e["id"] not in flag_exp_ids]
+        known_var_ids = [v["id"] for e in all_exps for v in e["variations"]] + \
+            [v["id"] for ro in rollouts for r in ro["experiments"] for v in r["variations"]]
+
+        def some_rule_ids():
+            out = []
+            for _ in range(rng.randint(1, 4)):
+                r = rng.random()
+                if r < 0.45 and flag_exp_ids:
+                    out.append(rng.choice(flag_exp_ids))
+                elif r < 0.85 and rule_ids:
+                    out.append(rng.choice(rule_ids))
+                elif r < 0.93 and plain_ids:
+                    out.append(rng.choice(plain_ids))  # not a flag rule: never evaluated
+                else:
+                    out.append("123123")  # unknown rule id
+            return list(dict.fromkeys(out))
+
+        r = rng.random()
+        if r < 0.62:
+            n = rng.choices([1, 2, 3], weights=[55, 30, 15])[0]
+            hs = []
+            for _ in range(n):
+                ho = self.gen_holdout(variables, known_var_ids)
+                if rng.random() < 0.15:
+                    # Ignored in the global section: the holdout still applies to every flag.
+                    ho["includedRules"] = some_rule_ids() if rng.random() < 0.8 else None
+                    st["holdout:global_with_includedRules"] += 1
+                hs.append(ho)
+            df["holdouts"] = hs
+            st["holdout:global"] += n
+            if any(h["status"] == "Running" and h.get("excludeTargetedDeliveries") for h in hs):
+                # Users such a holdout holds are answered only by "td" experiments and the
+                # rollout: make sure some flags have td experiments to reach.
+                for e in all_exps:
+                    if e["id"] in flag_exp_ids and e.get("type") not in ("fr", "td") and \
+                            rng.random() < 0.5:
+                        e["type"] = "td"
+                        st["type:feature:td_for_excluded_deliveries"] += 1
+        elif r < 0.68:
+            df["holdouts"] = []
+        r = rng.random()
+        if r < 0.7:
+            n = rng.choices([1, 2, 3], weights=[40, 40, 20])[0]
+            hs = []
+            for _ in range(n):
+                ho = self.gen_holdout(variables, known_var_ids)
+                r2 = rng.random()
+                if r2 < 0.08:
+                    st["holdout:local_without_includedRules"] += 1  # skipped by the SDK
+                elif r2 < 0.12:
+                    ho["includedRules"] = None  # skipped by the SDK
+                    st["holdout:local_includedRules_null"] += 1
+                elif r2 < 0.16:
+                    ho["includedRules"] = []
+                    st["holdout:local_includedRules_empty"] += 1
+                else:
+                    ho["includedRules"] = some_rule_ids()
+                hs.append(ho)
+            df["localHoldouts"] = hs
+            st["holdout:local"] += n
+        elif r < 0.76:
+            df["localHoldouts"] = []
+
+    # -- CMAB (only with --cmab) --------------------------------------------
+    def gen_cmab(self, df, flags, experiments, groups):
+        """Add CMAB experiments (a truthy `cmab` block) to flags and as plain experiments.
+
+        Uses only `self.cmab_rng` and its own id range (>= 10^9), so the rest of the
+        datafile and the users' random stream up to here are unchanged."""
+        rng = self.cmab_rng
+        st = self.stats
+        next_id = [rng.randrange(10 ** 9, 2 * 10 ** 9)]
+
+        def cid():
+            next_id[0] += rng.randrange(1, 50)
+            return str(next_id[0])
+
+        attr_ids = [a["id"] for a in df["attributes"]]
+        audience_ids = [a["id"] for a in self.all_audiences]
+
+        def cmab_exp(variables, feature):
+            n = rng.choices([1, 2, 3, 4], weights=[10, 40, 30, 20])[0]
+            e = {"id": cid(), "key": "cmab_%s" % next_id[0], "layerId": cid(),
+                 "status": rng.choice(["Running"] * 8 + ["Paused"])}
+            r = rng.random()
+            if r < 0.8:
+                e["type"] = "cmab"
+            elif r < 0.9:
+                e["type"] = rng.choice(["ab", "td", "fr"])
+            st["cmab:type_%s" % e.get("type", "absent")] += 1
+            if audience_ids and rng.random() < 0.3:
+                e["audienceIds"] = rng.sample(audience_ids, 1)
+            else:
+                e["audienceIds"] = []
+            variations = []
+            for i in range(n):
+                v = {"id": cid(), "key": "cmab_var_%d" % i}
+                if feature:
+                    v["featureEnabled"] = rng.random() < 0.7
+                v["variables"] = [{"id": var["id"], "value": rng.choice(VAR_VALUES[var["_t"]])}
+                                  for var in variables if rng.random() < 0.6]
+                variations.append(v)
+            e["variations"] = variations
+            # Ignored by the SDK for CMAB experiments (it buckets into cmab.trafficAllocation).
+            e["trafficAllocation"] = [] if rng.random() < 0.5 else \
+                [{"entityId": variations[0]["id"], "endOfRange": rng.randint(0, 10000)}]
+            e["forcedVariations"] = {}
+            if rng.random() < 0.1:
+                e["forcedVariations"] = {"wl_alice": variations[-1]["key"]}
+            ids = rng.sample(attr_ids, min(len(attr_ids), rng.randint(0, 3)))
+            if rng.random() < 0.1:
+                ids.append("424242")  # unknown attribute id: filtered out
+            traffic = rng.choice([10000, 10000, 5000, rng.randint(0, 10000), 0])
+            e["cmab"] = {"attributeIds": ids, "trafficAllocation": traffic}
+            st["cmab:experiments"] += 1
+            return e
+
+        if "featureFlags" in df and flags and rng.random() < 0.6:
+            for f in rng.sample(flags, min(len(flags), rng.choice([1, 1, 2]))):
+                e = cmab_exp(f["_vars"], True)
+                f["experimentIds"].insert(rng.randint(0, len(f["experimentIds"])), e["id"])
+                if groups and rng.random() < 0.2:
+                    rng.choice(groups)["experiments"].append(e)  # no group traffic for it
+                    st["cmab:in_group"] += 1
+                else:
+                    experiments.append(e)
+                st["cmab:in_flag"] += 1
+        if rng.random() < 0.25:
+            experiments.append(cmab_exp([], False))
+            st["cmab:plain"] += 1
+        # Falsy cmab blocks: ordinary bucketing.
+        for e in experiments:
+            if not e.get("cmab") and rng.random() < 0.05:
+                e["cmab"] = rng.choice([None, {}])
+                st["cmab:falsy_block"] += 1
+        # Some local holdouts also hold CMAB rules.
+        cmab_ids = [e["id"] for e in experiments if e.get("cmab")]
+        for ho in df.get("localHoldouts", []):
+            if cmab_ids and isinstance(ho.get("includedRules"), list) and rng.random() < 0.3:
+                ho["includedRules"].append(rng.choice(cmab_ids))
+                st["cmab:local_holdout_rule"] += 1
 
     # -- whole datafile -----------------------------------------------------
     def generate(self, index):
@@ -540,6 +849,14 @@ class DatafileGen:
                     "experimentIds": [], "rolloutId": "", "variables": []}
             for _ in range(rng.choices([0, 1, 2], weights=[35, 45, 20])[0]):
                 fexp = self.gen_experiment("ftest", variables=variables, feature=True)
+                if fexp.get("type") == "fr" and rng.random() < 0.75:
+                    # Feature-rollout shape: one variation on part of the traffic; the SDK
+                    # sends the rest of the traffic to the flag's "Everyone Else" variation.
+                    fexp["variations"] = fexp["variations"][:1]
+                    end = rng.choice([0, 10000, rng.randint(1, 9999), rng.randint(1, 9999)])
+                    fexp["trafficAllocation"] = [{"entityId": fexp["variations"][0]["id"],
+                                                  "endOfRange": end}]
+                    st["fr:rollout_shape"] += 1
                 flag["experimentIds"].append(fexp["id"])
                 if rng.random() < 0.3:
                     group_pending.append(fexp)
@@ -553,6 +870,7 @@ class DatafileGen:
             else:
                 st["flag:no_rollout"] += 1
             flag["variables"] = [{k: v for k, v in var.items() if k != "_t"} for var in variables]
+            flag["_vars"] = variables
             flags.append(flag)
         if rng.random() < 0.2:
             rollouts.append(self.gen_rollout([], 99))  # unreferenced rollout
@@ -579,6 +897,13 @@ class DatafileGen:
             ids = rng.sample(all_exp_ids, rng.randint(0, min(3, len(all_exp_ids))))
             events.append({"id": self.nid(), "key": "event_%d" % ei, "experimentIds": ids})
 
+        for f in flags:
+            if f["rolloutId"]:
+                for fid in f["experimentIds"]:
+                    st["fr:rules_in_flags_with_rollout"] += sum(
+                        1 for e in experiments + [m for g in groups for m in g["experiments"]]
+                        if e["id"] == fid and e.get("type") == "fr")
+
         df = {
             "version": version,
             "accountId": str(rng.randrange(10 ** 9, 10 ** 10)),
@@ -597,6 +922,19 @@ class DatafileGen:
             df["rollouts"] = rollouts
         else:
             st["datafile:no_flag_sections"] += 1
+        self.gen_holdouts(df, flags, rollouts, experiments, groups)
+        if self.cmab_rng is not None:
+            self.gen_cmab(df, flags, experiments, groups)
+        for f in flags:
+            del f["_vars"]
+        group_ids = {m["id"] for g in groups for m in g["experiments"]}
+        exp_by_id = {e["id"]: e for e in collect_keys(df)[0]}
+        for eid, ee in fr_injections(df).items():
+            st["fr:given_everyone_else"] += 1
+            if any(v["key"] == ee["key"] for v in exp_by_id[eid]["variations"]):
+                st["fr:own_variation_has_everyone_else_key"] += 1
+            if eid in group_ids:
+                st["fr:given_everyone_else_in_group"] += 1
         r = rng.random()
         if r < 0.6:
             df["botFiltering"] = rng.random() < 0.5
@@ -642,15 +980,49 @@ def collect_keys(df):
     return exps, rules, wl
 
 
+def fr_injections(df):
+    """{experiment id: "Everyone Else" variation dict} for the experiments the SDK extends.
+
+    Mirrors the SDK's rule: for each flag with a rollout whose last rule has a variation,
+    every experiment in the flag's experimentIds whose `type` is exactly "fr" gets that
+    variation appended (with endOfRange 10000 at the end of its traffic).
+    """
+    exp_by_id = {e["id"]: e for e in collect_keys(df)[0]}
+    ro_by_id = {r["id"]: r for r in df.get("rollouts", [])}
+    out = {}
+    for f in df.get("featureFlags", []):
+        ro = ro_by_id.get(f.get("rolloutId") or "")
+        if not ro or not ro["experiments"] or not ro["experiments"][-1].get("variations"):
+            continue
+        ee = ro["experiments"][-1]["variations"][0]
+        for eid in f["experimentIds"]:
+            e = exp_by_id.get(eid)
+            if e is not None and e.get("type") == "fr":
+                out[eid] = ee
+    return out
+
+
+def holdout_keys(df):
+    """(global running holdout ids, local running holdout ids, all holdout keys)."""
+    glob = {h["id"] for h in df.get("holdouts", []) if h["status"] == "Running"}
+    loc = {h["id"] for h in df.get("localHoldouts", [])
+           if h["status"] == "Running" and h.get("includedRules") is not None}
+    keys = [h["key"] for h in df.get("holdouts", []) + df.get("localHoldouts", [])]
+    return glob, loc, keys
+
+
 class UserGen:
-    def __init__(self, rng, df, stats):
+    def __init__(self, rng, df, stats, cmab=False):
         self.rng = rng
         self.df = df
         self.stats = stats
+        self.cmab = cmab
         self.exps, self.rules, self.wl_ids = collect_keys(df)
         self.flags = df.get("featureFlags", [])
         self.flag_keys = [f["key"] for f in self.flags]
         self.events = [e["key"] for e in df.get("events", [])]
+        self.injected = fr_injections(df)
+        self.holdout_keys = holdout_keys(df)[2]
         keys = [a["key"] for a in df["attributes"]]
         self.attr_specs = [(k, kind) for k, kind in ATTR_SPECS + GHOST_ATTR_SPECS + RESERVED_DF_ATTR_SPECS
                            if k in keys or (k, kind) in GHOST_ATTR_SPECS]
@@ -739,7 +1111,12 @@ class UserGen:
             r = rng.random()
             exp = rng.choice(self.exps)
             if r < 0.55:
-                ebm[exp["id"]] = {"variation_id": rng.choice(exp["variations"])["id"]}
+                if exp["id"] in self.injected and rng.random() < 0.5:
+                    vid = self.injected[exp["id"]]["id"]
+                    self.stats["profile:fr_everyone_else"] += 1
+                else:
+                    vid = rng.choice(exp["variations"])["id"]
+                ebm[exp["id"]] = {"variation_id": vid}
                 self.stats["profile:valid_entry"] += 1
             elif r < 0.75:
                 ebm[exp["id"]] = {"variation_id": "31415926"}
@@ -764,11 +1141,21 @@ class UserGen:
             r = rng.random()
             if r < 0.75:
                 vk = rng.choice(exp["variations"])["key"] if exp["variations"] else "none"
+                if exp["id"] in self.injected and rng.random() < 0.4:
+                    vk = self.injected[exp["id"]]["key"]
+                    self.stats["forced_variation:fr_everyone_else"] += 1
             elif r < 0.9:
                 vk = "no_such_variation"
             else:
                 vk = rng.choice(["", "x"])
-            ek = exp["key"] if rng.random() < 0.95 else "no_such_experiment"
+            r = rng.random()
+            if r < 0.95:
+                ek = exp["key"]
+            elif r < 0.97 and self.holdout_keys:
+                ek = rng.choice(self.holdout_keys)  # not an experiment: rejected
+                vk = rng.choice(["off", "on", "control"])
+            else:
+                ek = "no_such_experiment"
             out.append((ek, vk))
         return out
 
@@ -785,6 +1172,8 @@ class UserGen:
                 rule_key = None
             elif r < 0.9:
                 rule_key = rng.choice(rules)["key"]
+            elif r < 0.93 and self.holdout_keys:
+                rule_key = rng.choice(self.holdout_keys)  # holdouts are no forced-decision rule
             else:
                 rule_key = rng.choice([x["key"] for x in self.rules + self.exps] + ["no_such_rule"])
             r = rng.random()
@@ -850,11 +1239,15 @@ class UserGen:
             "forced_decisions": self.forced_decisions(),
         }
         gv_pool = [e["key"] for e in self.exps] + [r["key"] for r in self.rules] + ["no_such_experiment"]
+        if self.holdout_keys and rng.random() < 0.1:
+            gv_pool.append(rng.choice(self.holdout_keys))
         plan["get_variation_keys"] = [rng.choice(gv_pool) for _ in range(rng.randint(1, 3))]
         if rng.random() < 0.5:
             pool = self.flag_keys + ["no_such_flag"]
             keys = rng.sample(pool, min(len(pool), rng.randint(1, 3)))
             opts = [o for o in RECORDED_DECIDE_OPTIONS if rng.random() < 0.3]
+            if self.cmab:
+                opts += [o for o in CMAB_DECIDE_OPTIONS if rng.random() < 0.12]
             rng.shuffle(opts)
             plan["decide"] = (keys, opts, rng.random() < 0.3)
         else:
@@ -883,11 +1276,17 @@ def decision_json(d):
 
 
 class Runner:
-    def __init__(self, df, stats):
+    def __init__(self, df, stats, cmab_server=None, case=None):
+        self.logger = logger = CountingLogger(stats)
+        self.cmab_server = cmab_server
+        settings = OptimizelySdkSettings(odp_disabled=True)
+        if cmab_server is not None:
+            cmab_server.register(case, df)
+            settings = OptimizelySdkSettings(odp_disabled=True,
+                                             cmab_prediction_endpoint=cmab_server.url_template(case))
         self.stats = stats
         self.dispatcher = CapturingDispatcher()
         self.ups = InMemoryProfileService()
-        logger = SilentLogger()
         self.client = optimizely_sdk.Optimizely(
             datafile=json.dumps(df),
             event_dispatcher=self.dispatcher,
@@ -896,11 +1295,93 @@ class Runner:
             # The 5.7.0 default is a BatchEventProcessor (background thread);
             # ForwardingEventProcessor dispatches synchronously inside each call.
             event_processor=ForwardingEventProcessor(self.dispatcher, logger=logger),
-            settings=OptimizelySdkSettings(odp_disabled=True),
+            settings=settings,
         )
         if not self.client.is_valid or self.client.config_manager.get_config() is None:
             raise RuntimeError("generated datafile rejected by the SDK")
         self.exps, self.rules, _ = collect_keys(df)
+        self.injected = {k: v["id"] for k, v in fr_injections(df).items()}
+        self.global_ids, self.local_ids, keys = holdout_keys(df)
+        self.holdout_key_set = set(keys)
+        self.user_seen = set()
+        self._instrument(self.client.decision_service)
+        if cmab_server is not None:
+            cc = self.client.cmab_client
+            cc.retry_config = CmabRetryConfig(initial_backoff=CMAB_INITIAL_BACKOFF)
+            fetch = cc.fetch_decision
+            cc.fetch_decision = lambda rule_id, user_id, attributes, cmab_uuid, timeout=None: \
+                fetch(rule_id, user_id, attributes, cmab_uuid, CMAB_TIMEOUT)
+
+    def _cmab(self, call):
+        """Attach the prediction requests a call made (only with --cmab)."""
+        if self.cmab_server is not None:
+            reqs = []
+            for r in self.cmab_server.take_log():
+                r.pop("path", None)
+                self.stats["cmab_request:%s" % r.get("outcome")] += 1
+                if r.get("attempt", 0) > 0 and r.get("class") in ("ok", "unknown_variation"):
+                    # A retry the server did not provoke: an answer came later than
+                    # CMAB_TIMEOUT (machine overloaded). This user's record is not reproducible.
+                    self.stats["cmab_request:UNPROVOKED_RETRY"] += 1
+                    print("warning: CMAB request retried without cause (slow machine?): %s" % r,
+                          file=sys.stderr)
+                reqs.append(r)
+            call["cmab_requests"] = reqs
+        return call
+
+    @property
+    def stats(self):
+        return self._stats
+
+    @stats.setter
+    def stats(self, counter):
+        self._stats = counter
+        self.logger.counter = counter
+
+    def _instrument(self, ds):
+        """Count (never change) what the decision service answers: holdout hits, holdouts
+        bypassed by excludeTargetedDeliveries, fr "Everyone Else" variations served."""
+        flag_decision = ds.get_decision_for_flag
+        variation = ds.get_variation
+        injected = self.injected
+
+        def counted_flag_decision(*args, **kwargs):
+            res = flag_decision(*args, **kwargs)
+            st = self.stats
+            d = res["decision"]
+            exp = d.experiment
+            seen = self.user_seen
+            if res.get("error"):
+                st["flag_decision:error"] += 1
+                seen.add("flag_decision_error")
+            if d.source == "holdout" and exp is not None:
+                if exp.id in self.global_ids:
+                    st["holdout_hit:global"] += 1
+                    seen.add("held_out_globally")
+                elif exp.id in self.local_ids:
+                    st["holdout_hit:local"] += 1
+                    seen.add("held_out_locally")
+            if "holdout_decision" in res:
+                st["holdout_etd:then_%s_%s" % (d.source, "variation" if d.variation else "none")] += 1
+                seen.add("held_out_excluding_targeted_deliveries")
+            if d.variation is not None and exp is not None and exp.id in injected and \
+                    getattr(d.variation, "id", None) == injected[exp.id]:
+                st["fr_everyone_else:decide"] += 1
+                seen.add("fr_everyone_else_in_decide")
+            return res
+
+        def counted_variation(*args, **kwargs):
+            res = variation(*args, **kwargs)
+            exp = args[1] if len(args) > 1 else kwargs.get("experiment")
+            v = res["variation"]
+            if v is not None and exp is not None and exp.id in injected and \
+                    getattr(v, "id", None) == injected[exp.id]:
+                self.stats["fr_everyone_else:get_variation"] += 1
+                self.user_seen.add("fr_everyone_else_in_get_variation")
+            return res
+
+        ds.get_decision_for_flag = counted_flag_decision
+        ds.get_variation = counted_variation
 
     def close(self):
         self.client.close()
@@ -912,6 +1393,7 @@ class Runner:
         attrs = plan["attributes"]
         self.ups.reset(plan["profile"])
         self.dispatcher.take()
+        self.user_seen = set()
         accepted = []
         try:
             for ek, vk in plan["forced_variation_attempts"]:
@@ -933,19 +1415,19 @@ class Runner:
             for exp in self.exps:
                 vk = c.activate(exp["key"], uid, copy.deepcopy(attrs))
                 ev = self.dispatcher.take()
-                calls.append({"op": "activate", "experiment_key": exp["key"], "variation_key": vk,
-                              "events": ev})
+                calls.append(self._cmab({"op": "activate", "experiment_key": exp["key"],
+                                         "variation_key": vk, "events": ev}))
                 st["activate:%s" % ("variation" if vk is not None else "null")] += 1
                 st["events:activate"] += len(ev)
             for ek in plan["get_variation_keys"]:
                 vk = c.get_variation(ek, uid, copy.deepcopy(attrs))
                 ev = self.dispatcher.take()
                 assert not ev, "get_variation dispatched events"
-                calls.append({"op": "get_variation", "experiment_key": ek, "variation_key": vk})
+                calls.append(self._cmab({"op": "get_variation", "experiment_key": ek, "variation_key": vk}))
                 st["get_variation:%s" % ("variation" if vk is not None else "null")] += 1
 
             decisions = ctx.decide_all()
-            calls.append(self._decide_call(None, [], decisions))
+            calls.append(self._cmab(self._decide_call(None, [], decisions)))
 
             if plan["decide"] is not None:
                 keys, opts, with_reasons = plan["decide"]
@@ -955,13 +1437,13 @@ class Runner:
                     decisions = {keys[0]: d}
                 else:
                     decisions = ctx.decide_for_keys(list(keys), actual)
-                calls.append(self._decide_call(list(keys), list(opts), decisions))
+                calls.append(self._cmab(self._decide_call(list(keys), list(opts), decisions)))
                 st["decide:options_%d" % len(opts)] += 1
 
             for ek, tags in plan["tracks"]:
                 ctx.track_event(ek, copy.deepcopy(tags))
                 ev = self.dispatcher.take()
-                calls.append({"op": "track", "event_key": ek, "event_tags": tags, "events": ev})
+                calls.append(self._cmab({"op": "track", "event_key": ek, "event_tags": tags, "events": ev}))
                 st["track:%s" % ("event" if ev else "no_event")] += 1
                 st["events:track"] += len(ev)
                 for e in ev:
@@ -977,6 +1459,8 @@ class Runner:
         for ev_call in calls:
             for e in ev_call.get("events", []):
                 st["event_url:%s" % e["url"]] += 1
+        for tag in self.user_seen:
+            st["users_with:" + tag] += 1
         final = self.ups.saves[-1] if self.ups.saves else None
         st["profile_saved:%s" % (final is not None)] += 1
         return {
@@ -998,6 +1482,8 @@ class Runner:
             out[k] = decision_json(d)
             st["decision:%s" % ("enabled" if d.enabled else "disabled")] += 1
             st["decision:rule_key_%s" % ("set" if d.rule_key is not None else "null")] += 1
+            if d.rule_key in self.holdout_key_set:
+                st["decision:rule_key_is_holdout"] += 1
         st["events:decide"] += len(ev)
         for e in ev:
             for vis in e["params"]["visitors"]:
@@ -1013,6 +1499,9 @@ def main(argv=None):
     ap.add_argument("--datafiles", type=int, default=20)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cmab", action="store_true",
+                    help="also generate CMAB experiments, answered by a local prediction server "
+                         "(prediction_server.py); bucketd's replay cannot replay them yet")
     args = ap.parse_args(argv)
 
     if SDK_VERSION != EXPECTED_SDK_VERSION:
@@ -1024,13 +1513,21 @@ def main(argv=None):
     stats = Counter()
     cases = []
     t_sdk = 0.0
+    server = None
+    if args.cmab:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from prediction_server import PredictionServer
+        server = PredictionServer(delay=CMAB_SERVER_DELAY).start()
     for i in range(args.datafiles):
-        rng = random.Random(master.getrandbits(64))
-        df = DatafileGen(rng, stats).generate(i)
+        name = "seed%d-df%d" % (args.seed, i)
+        df_seed = master.getrandbits(64)
+        rng = random.Random(df_seed)
+        cmab_rng = random.Random(df_seed ^ 0xC0AB) if args.cmab else None
+        df = DatafileGen(rng, stats, cmab_rng).generate(i)
         ts = time.perf_counter()
-        runner = Runner(df, stats)
+        runner = Runner(df, stats, server, name)
         t_sdk += time.perf_counter() - ts
-        ugen = UserGen(rng, df, stats)
+        ugen = UserGen(rng, df, stats, cmab=args.cmab)
         users = []
         while len(users) < args.users:
             # Per-user counters, merged only if the user is kept.
@@ -1046,7 +1543,9 @@ def main(argv=None):
             t_sdk += time.perf_counter() - ts
         runner.close()
         stats["users"] += len(users)
-        cases.append({"name": "seed%d-df%d" % (args.seed, i), "datafile": df, "users": users})
+        cases.append({"name": name, "datafile": df, "users": users})
+    if server is not None:
+        server.stop()
 
     t_gen = time.perf_counter()
     out = {"seed": args.seed, "sdk_version": SDK_VERSION, "cases": cases}
@@ -1106,7 +1605,22 @@ def print_summary(st, args, total, t_sdk, t_write):
     line("rollouts", "rollout:")
     line("datafile", "datafile:")
     line("flags", "flag:")
+    line("experiment types", "type:")
+    line("fr rules", "fr:")
+    line("fr everyone else hit", "fr_everyone_else:")
+    line("holdouts generated", "holdout:")
+    line("holdout traffic", "holdout_traffic:")
+    line("holdout hits", "holdout_hit:")
+    line("users (of all)", "users_with:")
+    line("holdout excl. TD", "holdout_etd:")
+    line("flag decision errors", "flag_decision:")
+    line("CMAB generated", "cmab:")
+    line("CMAB requests", "cmab_request:")
     line("SDK exceptions", "sdk_exception:")
+    print("  SDK error logs (by message shape):", file=err)
+    for k, v in sorted(st.items()):
+        if k.startswith("sdk_error_log:") or k.startswith("sdk_exception_log:"):
+            print("    %7d  %s" % (v, k.split(":", 1)[1]), file=err)
 
 
 if __name__ == "__main__":
