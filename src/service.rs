@@ -6,9 +6,9 @@
 
 mod activate;
 pub mod breaker;
+pub mod cmab;
 mod notify;
 pub mod odp;
-pub mod cmab;
 pub mod profiles;
 mod projects;
 mod reset;

@@ -109,7 +109,8 @@ pub struct RawExperiment {
     pub traffic_allocation: Vec<RawTrafficAllocation>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub forced_variations: BTreeMap<String, String>,
-    /// `"feature_rollout"` makes the flag's "Everyone Else" variation join this experiment.
+    /// `"fr"` (feature rollout) makes the flag's "Everyone Else" variation join this experiment
+    /// (the SDK compares `ExperimentTypes.fr`; a comment there says `feature_rollout`).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// The CMAB block (`attributeIds`, `trafficAllocation`); compiled by `decide::cmab`.

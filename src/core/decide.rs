@@ -201,6 +201,10 @@ impl<'a> Decider<'a> {
         let mut outcome = self.variation(idx, profile);
         if let Some(v) = outcome.decision.variation {
             let exp = &self.config.experiments[idx];
+            // The SDK's `activate` gets a variation *key* and looks it up again for the
+            // impression; with two variations of one key (an `fr` rule whose own variation shares
+            // the Everyone Else key) its key map holds the last one, so the impression does too.
+            let v = exp.variation_by_key(&exp.variations[v].key).unwrap_or(v);
             outcome.events.push(impression(
                 self.config,
                 &self.user.user_id,

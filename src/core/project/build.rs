@@ -281,7 +281,7 @@ fn inject_everyone_else(
         .and_then(|&r| experiments[r].variations.first().cloned());
     let Some(ee) = everyone_else else { return };
     for &idx in rules {
-        if experiments[idx].kind.as_deref() == Some("feature_rollout") {
+        if experiments[idx].kind.as_deref() == Some("fr") {
             let exp = &mut experiments[idx];
             exp.variations.push(ee.clone());
             exp.traffic.push(Slice {
