@@ -216,6 +216,17 @@ pub fn load_from_process_env(file: Option<&Path>) -> Result<Settings, ConfigErro
     load(file, &env)
 }
 
+/// Whether the event queue lives on this machine (the disk queue), so the flusher runs in the
+/// daemon by default.
+fn queue_is_local(queue: &EventQueueConfig) -> bool {
+    #[cfg(feature = "disk")]
+    if matches!(queue, EventQueueConfig::Disk(_)) {
+        return true;
+    }
+    let _ = queue;
+    false
+}
+
 fn nonzero<T: PartialOrd + Default + Copy>(key: &str, v: T) -> Result<T, ConfigError> {
     if v > T::default() {
         Ok(v)
@@ -277,10 +288,7 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
     let events = raw::events(&raw.events, &state_dir)?;
     let cmab = raw::cmab(&raw.cmab)?;
     let flusher = FlusherSettings {
-        enabled: raw
-            .flusher
-            .enabled
-            .unwrap_or(matches!(events.queue, EventQueueConfig::Disk(_))),
+        enabled: raw.flusher.enabled.unwrap_or(queue_is_local(&events.queue)),
         batch_size: nonzero("flusher.batch_size", raw.flusher.batch_size)?,
         flush_interval: raw.flusher.flush_interval,
         max_backoff: raw.flusher.max_backoff,

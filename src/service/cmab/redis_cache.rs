@@ -6,7 +6,8 @@ use super::{CachedPrediction, CmabSetupError, PredictionCache};
 use async_trait::async_trait;
 use std::time::Duration;
 
-/// A Redis-backed [`PredictionCache`].
+/// A Redis-backed [`PredictionCache`] (without the `redis` feature, `new` refuses).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RedisCache {
     #[cfg(feature = "redis")]
     client: redis::Client,
@@ -36,6 +37,7 @@ impl RedisCache {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
