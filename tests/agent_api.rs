@@ -238,3 +238,104 @@ async fn profiles_are_camel_case() {
     let (status, _) = app.post_json("/v1/lookup", &json!({"userId": ""})).await;
     assert_eq!(status, 400);
 }
+
+/// The `reasons` of one decide with `INCLUDE_REASONS`.
+async fn reasons_for(app: &common::TestApp, user_id: &str, attributes: Value) -> Vec<String> {
+    let body = json!({"userId": user_id, "userAttributes": attributes,
+                      "decideOptions": ["INCLUDE_REASONS"]});
+    let (status, d) = app.post_json("/v1/decide?keys=new_checkout", &body).await;
+    assert_eq!(status, 200, "{d}");
+    serde_json::from_value(d["reasons"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn decide_reasons_are_worded_as_the_go_sdk_of_the_agent() {
+    let app = spawn_app("agent-reasons", &[]).await;
+    // The feature test's audience needs `age` and `app_version`: without them it cannot be
+    // evaluated, which the Go SDK reports; the platinum rule (rule 1) then takes the user.
+    let platinum = reasons_for(&app, "rz-1", json!({"tier": "platinum"})).await;
+    assert_eq!(
+        platinum,
+        [
+            "an error occurred while evaluating nested tree for audience ID \"40000002\"",
+            "Audiences for experiment new_checkout_test collectively evaluated to false.",
+            "User \"rz-1\" does not meet conditions to be in experiment \"new_checkout_test\".",
+            "Audiences for experiment platinum_rollout collectively evaluated to true.",
+        ]
+    );
+    // A gold user fails rule 1 (validly: `tier` is there) and lands in Everyone Else.
+    let gold = reasons_for(&app, "rz-2", json!({"tier": "gold"})).await;
+    assert_eq!(
+        gold,
+        [
+            "an error occurred while evaluating nested tree for audience ID \"40000002\"",
+            "Audiences for experiment new_checkout_test collectively evaluated to false.",
+            "User \"rz-2\" does not meet conditions to be in experiment \"new_checkout_test\".",
+            "User \"rz-2\" does not meet conditions for targeting rule 1.",
+            "Audiences for experiment everyone_else collectively evaluated to true.",
+            "User \"rz-2\" meets conditions for targeting rule \"Everyone Else\".",
+        ]
+    );
+    // A stored assignment of the feature test.
+    let (status, _) = app
+        .post_json(
+            "/v1/save",
+            &json!({"userId": "rz-3", "experimentBucketMap": {"60000003": {"variation_id": "80000007"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let sticky = reasons_for(&app, "rz-3", json!({})).await;
+    assert_eq!(
+        sticky,
+        ["User \"rz-3\" was previously bucketed into variation \"on\" of experiment \"new_checkout_test\"."]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_sdk_key_header_is_the_agents_400() {
+    let app = spawn_app("agent-empty-key", &[]).await;
+    for path in [
+        "/v1/decide",
+        "/v1/activate?type=feature",
+        "/v1/send-odp-event",
+    ] {
+        let (status, text) = post_text(&app, path, Some(""), &user()).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (
+                400,
+                "{\"error\":\"missing required X-Optimizely-SDK-Key header\"}\n"
+            ),
+            "{path}"
+        );
+    }
+    let r = app
+        .client
+        .get(app.url("/v1/config"))
+        .header("X-Optimizely-SDK-Key", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // In a batch too, as that operation's answer.
+    let (status, out) = app
+        .post_json(
+            "/v1/batch",
+            &json!({"operations": [{"method": "GET", "url": "/v1/config", "operationID": "1",
+                                    "headers": {"X-Optimizely-SDK-Key": ""}}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(out["errorCount"], 1);
+    assert_eq!(out["response"][0]["status"], 400);
+    assert_eq!(
+        out["response"][0]["body"]["error"],
+        "missing required X-Optimizely-SDK-Key header"
+    );
+    // No header at all still selects the first project.
+    let (status, _) = post_text(&app, "/v1/decide?keys=new_checkout", None, &user()).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}

@@ -7,7 +7,7 @@
 //! no filter means every kind.
 
 use crate::http::error::ApiError;
-use crate::http::params::{sdk_key, Query};
+use crate::http::params::Query;
 use crate::http::response::{with_type, Body, Resp};
 use crate::http::HttpState;
 use crate::notify::{Kind, NotifyError};
@@ -77,7 +77,7 @@ async fn forward(mut from: ProjectNotifications, to: mpsc::Sender<Bytes>, raw: b
 pub async fn event_stream(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let raw = q.get("raw").is_some();
-    let pin = state.service.pin(sdk_key(&req).as_deref())?;
+    let pin = super::pin(state, &req)?;
     let subscription = state
         .service
         .subscribe_notifications(&pin, kinds(&q))

@@ -9,7 +9,6 @@
 
 use super::{answer, body, pin};
 use crate::http::error::ApiError;
-use crate::http::params::sdk_key;
 use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use hyper::body::Incoming;
@@ -47,8 +46,7 @@ pub async fn override_variation(
 }
 
 async fn set_override(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let key = sdk_key(&req);
-    let pin = pin(state, key.as_deref())?;
+    let pin = pin(state, &req)?;
     let b: OverrideBody = body(state, req).await?;
     if !state.service.enable_overrides {
         return Err(crate::service::ServiceError::OverridesDisabled.into());
