@@ -119,6 +119,20 @@ fn pin<B>(state: &HttpState, req: &Request<B>) -> Result<PinnedProject, ApiError
     })
 }
 
+/// One request may make at most `api.max_decisions_per_request` decisions (a huge datafile
+/// asked for everything would otherwise make one per flag or experiment, with an impression and
+/// a profile entry each); beyond it, a 422 naming the bound.
+fn check_decisions(state: &HttpState, decisions: usize) -> Result<(), ApiError> {
+    let max = state.agent_api.max_decisions_per_request;
+    if decisions > max {
+        return Err(ApiError::Unprocessable(format!(
+            "the request asks for {decisions} decisions, more than api.max_decisions_per_request \
+             ({max}); name fewer keys"
+        )));
+    }
+    Ok(())
+}
+
 /// A handler's outcome as the Agent renders it: errors too end in a newline.
 fn answer(result: Result<Resp, ApiError>) -> Result<Resp, ApiError> {
     Ok(result.unwrap_or_else(|e| error_line(&e)))

@@ -172,6 +172,7 @@ async fn activate_keys(state: &HttpState, req: Request<Incoming>) -> Result<Resp
     let user = b.user(state)?;
     let config = pin.config();
     let selection = Selection::parse(&q, config)?;
+    super::check_decisions(state, selection.keys.len())?;
     let disable_tracking = q.get("disableTracking") == Some("true");
     let experiment_keys = selection.known(Kind::Experiment);
     let feature_keys = selection.known(Kind::Feature);

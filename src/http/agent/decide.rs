@@ -60,6 +60,15 @@ async fn decide_flags(state: &HttpState, req: Request<Incoming>) -> Result<Resp,
     let q = Query::parse(req.uri().query());
     let keys: Vec<String> = q.all("keys").into_iter().map(str::to_owned).collect();
     let pin = pin(state, &req)?;
+    let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let asked = if distinct.is_empty() {
+        pin.config().flags.len()
+    } else {
+        distinct.len()
+    };
+    super::check_decisions(state, asked)?;
     let b: UserBody = body(state, req).await?;
     let mut user = b.user(state)?;
     if b.fetch_segments {
