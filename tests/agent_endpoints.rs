@@ -679,3 +679,51 @@ async fn odp_batch_and_reset_bodies_end_in_a_newline() {
     assert_eq!((status, text.as_str()), (200, "{\"result\":true}\n"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_event_stream_reports_new_datafile_revisions_and_feature_activations() {
+    let app = app(
+        "notify-config",
+        &[
+            ("BUCKETD__API__NOTIFICATIONS__ENABLED", "true"),
+            ("BUCKETD__ADMIN__TOKEN", "tok"),
+        ],
+    )
+    .await;
+    let mut updates = Stream::open(&app, "?filter=project_config_update")
+        .await
+        .unwrap();
+    let mut decisions = Stream::open(&app, "?filter=decision").await.unwrap();
+
+    let user = json!({"userId": "n2", "userAttributes": {"tier": "platinum"}});
+    assert_eq!(
+        post_keyed(&app, "/v1/activate?featureKey=new_checkout", user).await,
+        200
+    );
+    let d = decisions.event().await;
+    assert_eq!(d["Type"], "all-feature-variables", "{d}");
+    assert_eq!(d["UserContext"]["ID"], "n2");
+    let feature = &d["DecisionInfo"]["feature"];
+    assert_eq!(feature["featureKey"], "new_checkout");
+    assert!(feature["featureEnabled"].is_boolean(), "{d}");
+    assert!(feature["variableValues"].is_object(), "{d}");
+
+    let mut df: Value = serde_json::from_str(include_str!("../examples/datafile.json")).unwrap();
+    df["revision"] = json!("77");
+    let r = app
+        .client
+        .put(app.url("/admin/datafile"))
+        .bearer_auth("tok")
+        .header("X-Optimizely-SDK-Key", KEY)
+        .body(df.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let u = updates.event().await;
+    assert_eq!(
+        u,
+        json!({"Type": "project_config_update", "Revision": "77"})
+    );
+    app.stop().await;
+}
