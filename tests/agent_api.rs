@@ -250,7 +250,11 @@ async fn reasons_for(app: &common::TestApp, user_id: &str, attributes: Value) ->
 
 #[tokio::test]
 async fn decide_reasons_are_worded_as_the_go_sdk_of_the_agent() {
-    let app = spawn_app("agent-reasons", &[]).await;
+    let app = spawn_app(
+        "agent-reasons",
+        &[("BUCKETD__API__ENABLE_OVERRIDES", "true".into())],
+    )
+    .await;
     // The feature test's audience needs `age` and `app_version`: without them it cannot be
     // evaluated, which the Go SDK reports; the platinum rule (rule 1) then takes the user.
     let platinum = reasons_for(&app, "rz-1", json!({"tier": "platinum"})).await;
@@ -290,6 +294,16 @@ async fn decide_reasons_are_worded_as_the_go_sdk_of_the_agent() {
         sticky,
         ["User \"rz-3\" was previously bucketed into variation \"on\" of experiment \"new_checkout_test\"."]
     );
+    // A forced variation set with /v1/override: the Go SDK's override service answers.
+    let (status, _) = app
+        .post_json(
+            "/v1/override",
+            &json!({"userId": "rz-4", "experimentKey": "new_checkout_test", "variationKey": "off"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let forced = reasons_for(&app, "rz-4", json!({})).await;
+    assert_eq!(forced, ["Override variation off found for user rz-4"]);
     app.stop().await;
 }
 
