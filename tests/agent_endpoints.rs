@@ -299,6 +299,17 @@ async fn the_event_stream_is_off_unless_enabled() {
     };
     assert_eq!(status, 403);
     assert_eq!(body["error"], "Notification stream not enabled");
+    let r = app
+        .client
+        .get(app.url("/v1/notifications/event-stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"error\":\"Notification stream not enabled\"}\n",
+        "newline-terminated, as every /v1 body"
+    );
     app.stop().await;
 }
 

@@ -120,6 +120,10 @@ async fn forward(
 
 /// The handler.
 pub async fn event_stream(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    super::answer(open_stream(state, req))
+}
+
+fn open_stream(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let raw = q.get("raw").is_some();
     let pin = super::pin(state, &req)?;
