@@ -274,6 +274,67 @@ fn go_evaluate<L>(tree: &Tree<L>, leaf: &mut impl FnMut(&L) -> Option<bool>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Attributes;
+
+    /// The example datafile, with a whitelist entry on the `new_checkout` feature test.
+    fn config() -> ProjectConfig {
+        let mut df: serde_json::Value =
+            serde_json::from_str(include_str!("../../../examples/datafile.json")).unwrap();
+        for e in df["experiments"].as_array_mut().unwrap() {
+            if e["key"] == "new_checkout_test" {
+                e["forcedVariations"] = serde_json::json!({"wl": "on"});
+            }
+        }
+        ProjectConfig::parse(df.to_string().as_bytes()).unwrap()
+    }
+
+    fn translate(user: &str, reasons: &[&str]) -> Vec<String> {
+        let user = UserContext::new(user, Attributes::default());
+        let reasons = reasons.iter().map(|r| r.to_string()).collect();
+        agent_reasons(&config(), &user, "new_checkout", reasons)
+    }
+
+    #[test]
+    fn a_whitelisted_user_is_named_with_the_experiment() {
+        assert_eq!(
+            translate("wl", &["User \"wl\" is forced in variation \"on\"."]),
+            ["User \"wl\" is whitelisted into variation \"on\" of experiment \"new_checkout_test\"."]
+        );
+    }
+
+    #[test]
+    fn bucketing_steps_go_and_unknown_reasons_stay() {
+        assert_eq!(
+            translate(
+                "u",
+                &[
+                    "User \"u\" is in experiment x of group 7.",
+                    "Assigned bucket 5 to user with bucketing ID \"u\".",
+                    "User \"u\" is in variation \"on\" of experiment new_checkout_test.",
+                    "Variable value for key \"k\" is invalid or wrong type.",
+                ]
+            ),
+            ["Variable value for key \"k\" is invalid or wrong type."]
+        );
+    }
+
+    #[test]
+    fn a_rule_the_user_has_no_attribute_for_reports_its_audience() {
+        // Rule 1's audience tests `tier`, which this user lacks: invalid, not just false.
+        assert_eq!(
+            translate(
+                "u",
+                &[
+                    "Audiences for 1 collectively evaluated to FALSE.",
+                    "User \"u\" does not meet audience conditions for targeting rule 1.",
+                ]
+            ),
+            [
+                "an error occurred while evaluating nested tree for audience ID \"40000001\"",
+                "User \"u\" does not meet conditions for targeting rule 1.",
+            ]
+        );
+    }
 
     fn leaves(tree: &Tree<Option<bool>>) -> (Option<bool>, usize) {
         let mut seen = 0;
