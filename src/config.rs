@@ -316,7 +316,7 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         projects,
         admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
         enable_overrides: raw.api.enable_overrides,
-        agent_api: agent_api::validate(&raw.api.batch, &raw.api.notifications)?,
+        agent_api: agent_api::validate(&raw.api)?,
         odp: agent_api::validate_odp(&raw.api.odp)?,
         log_format,
         log_level: raw.log.level,

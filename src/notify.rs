@@ -15,7 +15,8 @@ pub enum Kind {
     Decision,
     /// A conversion (`track`).
     Track,
-    /// A new datafile (accepted as a filter; bucketd does not emit it yet).
+    /// A new datafile revision (emitted by the event stream itself, see
+    /// `crate::http::agent::notifications`).
     ProjectConfigUpdate,
 }
 
@@ -28,7 +29,7 @@ impl Kind {
         match self {
             Kind::Decision => "decision",
             Kind::Track => "track",
-            Kind::ProjectConfigUpdate => "project-config-update",
+            Kind::ProjectConfigUpdate => "project_config_update",
         }
     }
 
@@ -198,9 +199,10 @@ mod tests {
         assert_eq!(Kind::parse("decision"), Some(Kind::Decision));
         assert_eq!(Kind::parse("track"), Some(Kind::Track));
         assert_eq!(
-            Kind::parse("project-config-update"),
+            Kind::parse("project_config_update"),
             Some(Kind::ProjectConfigUpdate)
         );
+        assert_eq!(Kind::parse("project-config-update"), None);
         assert_eq!(Kind::parse("Decision"), None);
     }
 }

@@ -384,12 +384,12 @@ impl Service {
         Ok(self.profiles.lookup(user_id).await)
     }
 
-    /// Stores a profile (`/v1/save`).
-    pub async fn save_profile(&self, profile: &UserProfile) -> Result<(), ServiceError> {
+    /// Replaces a user's stored profile by `profile` (`/v1/save`, as the Agent); `Ok(false)`
+    /// when the store failed.
+    pub async fn replace_profile(&self, profile: &UserProfile) -> Result<bool, ServiceError> {
         if !self.profiles.enabled() {
             return Err(ServiceError::NoProfileStore);
         }
-        self.profiles.save(profile).await;
-        Ok(())
+        Ok(self.profiles.replace(profile).await)
     }
 }

@@ -299,6 +299,17 @@ async fn the_event_stream_is_off_unless_enabled() {
     };
     assert_eq!(status, 403);
     assert_eq!(body["error"], "Notification stream not enabled");
+    let r = app
+        .client
+        .get(app.url("/v1/notifications/event-stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"error\":\"Notification stream not enabled\"}\n",
+        "newline-terminated, as every /v1 body"
+    );
     app.stop().await;
 }
 
@@ -387,7 +398,19 @@ struct OdpStandIn {
 }
 
 async fn odp_stand_in() -> OdpStandIn {
+    odp_stand_in_qualifying(&[]).await
+}
+
+/// [`odp_stand_in`] whose GraphQL answer qualifies every user for `segments`.
+async fn odp_stand_in_qualifying(segments: &[&str]) -> OdpStandIn {
     use http_body_util::{BodyExt, Full};
+    let edges: Vec<Value> = segments
+        .iter()
+        .map(|s| json!({"node": {"name": s, "state": "qualified"}}))
+        .collect();
+    let graphql = bytes::Bytes::from(
+        json!({"data": {"customer": {"audiences": {"edges": edges}}}}).to_string(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -395,10 +418,12 @@ async fn odp_stand_in() -> OdpStandIn {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let s = s.clone();
+            let graphql = graphql.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
+                        let graphql = graphql.clone();
                         async move {
                             let path = req.uri().path().to_string();
                             let key = req
@@ -409,9 +434,14 @@ async fn odp_stand_in() -> OdpStandIn {
                                 .to_string();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let answer = if path == "/v3/graphql" {
+                                graphql
+                            } else {
+                                bytes::Bytes::from_static(b"{}")
+                            };
                             s.lock().unwrap().push((path, key, body));
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                bytes::Bytes::from_static(b"{}"),
+                                answer,
                             )))
                         }
                     },
@@ -427,10 +457,16 @@ async fn odp_stand_in() -> OdpStandIn {
 
 /// A daemon whose [`KEY`] project declares an ODP integration, with ODP requests sent to `host`.
 async fn odp_app(name: &str, host: &str) -> TestApp {
+    odp_app_with(name, host, |_| {}).await
+}
+
+/// [`odp_app`] with the datafile changed by `edit` first.
+async fn odp_app_with(name: &str, host: &str, edit: impl FnOnce(&mut Value)) -> TestApp {
     let dir = common::scratch(&format!("{name}-df"));
     let mut df: Value = serde_json::from_str(include_str!("../examples/datafile.json")).unwrap();
     df["integrations"] =
         json!([{"key": "odp", "host": "https://odp.invalid", "publicKey": "pub-7"}]);
+    edit(&mut df);
     let path = dir.join("odp.json");
     std::fs::write(&path, df.to_string()).unwrap();
     spawn_app(
@@ -550,4 +586,155 @@ async fn odp_events_are_validated_with_the_agents_statuses() {
 
 async fn app_without_odp() -> TestApp {
     app("odp-none", &[]).await
+}
+
+/// A decide of `new_checkout` for `user_id`, with `extra` body fields; status and raw text.
+async fn decide_text(app: &TestApp, user_id: &str, extra: Value) -> (u16, String) {
+    let mut body = json!({"userId": user_id, "userAttributes": {}});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let r = app
+        .client
+        .post(app.url("/v1/decide?keys=new_checkout"))
+        .header("X-Optimizely-SDK-Key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn decide_fetches_qualified_segments_when_asked() {
+    let odp = odp_stand_in_qualifying(&["vip"]).await;
+    // The platinum rule now asks for the ODP segment `vip` instead of a tier.
+    let app = odp_app_with("odp-decide", &odp.url, |df| {
+        df["audiences"][0]["conditions"] = json!(
+            "[\"and\", {\"type\": \"third_party_dimension\", \"name\": \"odp.audiences\", \"match\": \"qualified\", \"value\": \"vip\"}]"
+        );
+    })
+    .await;
+    let (status, text) = decide_text(&app, "seg-u1", json!({})).await;
+    assert_eq!(status, 200, "{text}");
+    let d: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(d["ruleKey"], "everyone_else", "no fetch, no segment: {d}");
+    assert!(odp.seen.lock().unwrap().is_empty(), "nothing was fetched");
+
+    let (status, text) = decide_text(
+        &app,
+        "seg-u1",
+        json!({"fetchSegments": true, "fetchSegmentsOptions": ["IGNORE_CACHE"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let d: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        d["ruleKey"], "platinum_rollout",
+        "the fetched segment counts: {d}"
+    );
+    let seen = odp.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let (path, key, query) = &seen[0];
+    assert_eq!((path.as_str(), key.as_str()), ("/v3/graphql", "pub-7"));
+    assert_eq!(query["variables"]["userId"], "seg-u1");
+    app.stop().await;
+
+    // A project without ODP cannot fetch: the Agent's 500, newline-terminated.
+    let plain = app_without_odp().await;
+    let (status, text) = decide_text(&plain, "seg-u2", json!({"fetchSegments": true})).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (500, "{\"error\":\"failed to fetch qualified segments\"}\n")
+    );
+    plain.stop().await;
+}
+
+#[tokio::test]
+async fn odp_batch_and_reset_bodies_end_in_a_newline() {
+    let odp = odp_stand_in().await;
+    let app = odp_app("odp-newline", &odp.url).await;
+    let ok = r#"{"action": "a", "identifiers": {"user_id": "u"}}"#;
+    for (body, status) in [
+        (ok, 200),
+        ("not json", 400),
+        (r#"{"action": "", "identifiers": {"user_id": "u"}}"#, 400),
+        (
+            r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
+            500,
+        ),
+    ] {
+        let (got, text) = send_odp(&app, body).await;
+        assert_eq!(got, status, "{body}");
+        assert!(text.ends_with("}\n"), "{body}: {text:?}");
+    }
+    let post = |path: &'static str, body: Value| {
+        let req = app
+            .client
+            .post(app.url(path))
+            .header("X-Optimizely-SDK-Key", KEY)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let op = json!({"method": "GET", "url": "/v1/config", "headers": headers()});
+    let (status, text) = post("/v1/batch", json!({"operations": [op]})).await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("}\n"), "{text:?}");
+    let (status, text) = post("/v1/batch", json!({"operations": "nope"})).await;
+    assert_eq!(status, 400);
+    assert!(text.ends_with("}\n"), "{text:?}");
+    let (status, text) = post("/v1/reset", json!({})).await;
+    assert_eq!((status, text.as_str()), (200, "{\"result\":true}\n"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_stream_reports_new_datafile_revisions_and_feature_activations() {
+    let app = app(
+        "notify-config",
+        &[
+            ("BUCKETD__API__NOTIFICATIONS__ENABLED", "true"),
+            ("BUCKETD__ADMIN__TOKEN", "tok"),
+        ],
+    )
+    .await;
+    let mut updates = Stream::open(&app, "?filter=project_config_update")
+        .await
+        .unwrap();
+    let mut decisions = Stream::open(&app, "?filter=decision").await.unwrap();
+
+    let user = json!({"userId": "n2", "userAttributes": {"tier": "platinum"}});
+    assert_eq!(
+        post_keyed(&app, "/v1/activate?featureKey=new_checkout", user).await,
+        200
+    );
+    let d = decisions.event().await;
+    assert_eq!(d["Type"], "all-feature-variables", "{d}");
+    assert_eq!(d["UserContext"]["ID"], "n2");
+    let feature = &d["DecisionInfo"]["feature"];
+    assert_eq!(feature["featureKey"], "new_checkout");
+    assert!(feature["featureEnabled"].is_boolean(), "{d}");
+    assert!(feature["variableValues"].is_object(), "{d}");
+
+    let mut df: Value = serde_json::from_str(include_str!("../examples/datafile.json")).unwrap();
+    df["revision"] = json!("77");
+    let r = app
+        .client
+        .put(app.url("/admin/datafile"))
+        .bearer_auth("tok")
+        .header("X-Optimizely-SDK-Key", KEY)
+        .body(df.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let u = updates.event().await;
+    assert_eq!(
+        u,
+        json!({"Type": "project_config_update", "Revision": "77"})
+    );
+    app.stop().await;
 }

@@ -3,7 +3,8 @@
 //! A profile is the user profile service schema of the Optimizely SDKs:
 //! `{"user_id": ..., "experiment_bucket_map": {"<experiment id>": {"variation_id": ...}}}`.
 //! `save` MERGES the given entries into what is stored (entries for other experiments are kept),
-//! so concurrent saves for one user never lose an assignment.
+//! so concurrent saves for one user never lose an assignment; `replace` overwrites the whole
+//! profile (an explicit write of a user's profile, as the Agent's `/v1/save` does).
 
 use crate::BackendError;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError>;
     /// Merges `profile.experiment_bucket_map` into the stored profile of `profile.user_id`.
     async fn save(&self, profile: &StoredProfile) -> Result<(), BackendError>;
+    /// Replaces the stored profile of `profile.user_id` by exactly `profile`'s entries (the
+    /// Agent's `/v1/save`); a profile without entries deletes the stored one.
+    async fn replace(&self, profile: &StoredProfile) -> Result<(), BackendError>;
     /// Checks the store answers.
     async fn health(&self) -> Result<(), BackendError>;
 }

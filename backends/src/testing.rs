@@ -98,6 +98,32 @@ pub async fn profile_store_suite(store: Arc<dyn ProfileStore>, backend: &str) {
     // Unknown users have no profile.
     assert_eq!(store.lookup("nobody").await.unwrap(), None);
 
+    // A replace keeps exactly its entries; one without entries deletes the profile.
+    store
+        .save(&profile("u3", &[("e1", "v1"), ("e2", "v2")]))
+        .await
+        .unwrap();
+    store
+        .replace(&profile("u3", &[("e2", "v7"), ("e5", "v5")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup("u3").await.unwrap(),
+        Some(profile("u3", &[("e2", "v7"), ("e5", "v5")]))
+    );
+    store.replace(&profile("u3", &[])).await.unwrap();
+    assert_eq!(store.lookup("u3").await.unwrap(), None);
+    // A save after a replace merges into the replaced profile.
+    store
+        .replace(&profile("u3", &[("e1", "v1")]))
+        .await
+        .unwrap();
+    store.save(&profile("u3", &[("e2", "v2")])).await.unwrap();
+    assert_eq!(
+        store.lookup("u3").await.unwrap(),
+        Some(profile("u3", &[("e1", "v1"), ("e2", "v2")]))
+    );
+
     // Concurrent saves for one user lose nothing: 32 single saves, then 32 saves of which half
     // carry a second, shared experiment (multi-entry saves race with single ones).
     for (user, mixed) in [("shared", false), ("shared-mixed", true)] {

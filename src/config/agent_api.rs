@@ -1,8 +1,9 @@
 //! The `[api.batch]`, `[api.notifications]` and `[api.odp]` sections: the bounds of
 //! `POST /v1/batch`, the switch and subscriber bound of `GET /v1/notifications/event-stream`,
 //! and how ODP (segments for decide, `POST /v1/send-odp-event`) is reached, as written and as
-//! validated.
+//! validated; plus the per-request bounds of `[api]` (decisions per request, profile size).
 
+use super::raw::ApiSection;
 use super::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -130,17 +131,27 @@ pub struct AgentApiSettings {
     pub notifications_enabled: bool,
     pub notifications_max_subscribers: usize,
     pub notifications_buffer: usize,
+    /// Most decisions one activate or decide request may make.
+    pub max_decisions_per_request: usize,
+    /// Most entries of a profile written with `/v1/save`.
+    pub max_profile_entries: usize,
+    /// Most bytes (as JSON) of a profile written with `/v1/save`.
+    pub max_profile_bytes: usize,
 }
 
 impl Default for AgentApiSettings {
     fn default() -> Self {
-        let (b, n) = (BatchSection::default(), NotificationsSection::default());
+        let api = ApiSection::default();
+        let (b, n) = (&api.batch, &api.notifications);
         Self {
             batch_max_operations: b.max_operations,
             batch_max_concurrency: b.max_concurrency,
             notifications_enabled: n.enabled,
             notifications_max_subscribers: n.max_subscribers,
             notifications_buffer: n.buffer,
+            max_decisions_per_request: api.max_decisions_per_request,
+            max_profile_entries: api.max_profile_entries,
+            max_profile_bytes: api.max_profile_bytes,
         }
     }
 }
@@ -153,11 +164,9 @@ fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
     }
 }
 
-/// Validates both sections.
-pub fn validate(
-    batch: &BatchSection,
-    notifications: &NotificationsSection,
-) -> Result<AgentApiSettings, ConfigError> {
+/// Validates the bounds of `[api]` and its batch and notification sections.
+pub fn validate(api: &ApiSection) -> Result<AgentApiSettings, ConfigError> {
+    let (batch, notifications) = (&api.batch, &api.notifications);
     Ok(AgentApiSettings {
         batch_max_operations: positive("api.batch.max_operations", batch.max_operations)?,
         batch_max_concurrency: positive("api.batch.max_concurrency", batch.max_concurrency)?,
@@ -167,6 +176,12 @@ pub fn validate(
             notifications.max_subscribers,
         )?,
         notifications_buffer: positive("api.notifications.buffer", notifications.buffer)?,
+        max_decisions_per_request: positive(
+            "api.max_decisions_per_request",
+            api.max_decisions_per_request,
+        )?,
+        max_profile_entries: positive("api.max_profile_entries", api.max_profile_entries)?,
+        max_profile_bytes: positive("api.max_profile_bytes", api.max_profile_bytes)?,
     })
 }
 
@@ -176,23 +191,38 @@ mod tests {
 
     #[test]
     fn zero_bounds_are_refused_by_name() {
-        let batch = BatchSection {
-            max_concurrency: 0,
-            ..BatchSection::default()
+        let api = ApiSection {
+            batch: BatchSection {
+                max_concurrency: 0,
+                ..BatchSection::default()
+            },
+            ..ApiSection::default()
         };
-        let e = validate(&batch, &NotificationsSection::default()).unwrap_err();
+        let e = validate(&api).unwrap_err();
         assert!(e.to_string().contains("api.batch.max_concurrency"), "{e}");
-        let n = NotificationsSection {
-            max_subscribers: 0,
-            ..NotificationsSection::default()
+        let api = ApiSection {
+            notifications: NotificationsSection {
+                max_subscribers: 0,
+                ..NotificationsSection::default()
+            },
+            ..ApiSection::default()
         };
-        let e = validate(&BatchSection::default(), &n).unwrap_err();
+        let e = validate(&api).unwrap_err();
         assert!(
             e.to_string().contains("api.notifications.max_subscribers"),
             "{e}"
         );
+        let api = ApiSection {
+            max_decisions_per_request: 0,
+            ..ApiSection::default()
+        };
+        let e = validate(&api).unwrap_err();
+        assert!(
+            e.to_string().contains("api.max_decisions_per_request"),
+            "{e}"
+        );
         assert_eq!(
-            validate(&BatchSection::default(), &NotificationsSection::default()).unwrap(),
+            validate(&ApiSection::default()).unwrap(),
             AgentApiSettings::default()
         );
     }

@@ -124,13 +124,33 @@ pub struct AdminSection {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSection {
     pub enable_overrides: bool,
     pub batch: BatchSection,
     pub notifications: NotificationsSection,
     pub odp: OdpSection,
+    /// Most decisions one `/v1/activate` or `/v1/decide` request may make (more: 422).
+    pub max_decisions_per_request: usize,
+    /// Most entries of a profile written with `/v1/save` (more: 422).
+    pub max_profile_entries: usize,
+    /// Most bytes (as JSON) of a profile written with `/v1/save` (more: 422).
+    pub max_profile_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            enable_overrides: false,
+            batch: BatchSection::default(),
+            notifications: NotificationsSection::default(),
+            odp: OdpSection::default(),
+            max_decisions_per_request: 1000,
+            max_profile_entries: 1000,
+            max_profile_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, PartialEq)]

@@ -10,11 +10,12 @@ pub mod notifications;
 pub mod odp;
 pub mod overrides;
 pub mod profiles;
+mod reasons;
 pub mod reset;
 pub mod track;
 
 use super::error::ApiError;
-use super::params::parse_json;
+use super::params::{parse_json, sdk_key};
 use super::response::{error_line, Resp};
 use super::HttpState;
 use crate::core::{Attributes, ForcedDecision, ProjectConfig, UserContext};
@@ -37,6 +38,12 @@ struct UserBody {
     forced_decisions: Vec<ForcedDecision>,
     #[serde(default)]
     event_tags: Option<Map<String, Value>>,
+    /// Decide only: fetch the user's qualified ODP segments before deciding.
+    #[serde(default)]
+    fetch_segments: bool,
+    /// Decide only: `IGNORE_CACHE` / `RESET_CACHE` for that fetch.
+    #[serde(default)]
+    fetch_segments_options: Vec<String>,
 }
 
 impl UserBody {
@@ -88,12 +95,42 @@ const MISSING_USER_ID: &str = "missing \"userId\" in request payload";
 const UNKNOWN_SDK_KEY: &str =
     "unable to fetch fresh datafile (consider rechecking SDK key), status code: 403 Forbidden";
 
-/// The project an SDK key selects; an unknown key is the Agent's 403.
-fn pin(state: &HttpState, sdk_key: Option<&str>) -> Result<PinnedProject, ApiError> {
-    state.service.pin(sdk_key).map_err(|e| match e {
+/// What the Agent answers for an `X-Optimizely-SDK-Key` header without a key.
+const EMPTY_SDK_KEY: &str = "missing required X-Optimizely-SDK-Key header";
+
+/// The request's SDK key: `None` without the header (bucketd then serves its first project);
+/// a header that is there but empty is the Agent's 400.
+fn sdk_key_of<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
+    match req.headers().get("x-optimizely-sdk-key") {
+        None => Ok(None),
+        Some(_) => sdk_key(req)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest(EMPTY_SDK_KEY.into())),
+    }
+}
+
+/// The project the request's SDK key selects; an unknown key is the Agent's 403, an empty one
+/// its 400.
+fn pin<B>(state: &HttpState, req: &Request<B>) -> Result<PinnedProject, ApiError> {
+    let key = sdk_key_of(req)?;
+    state.service.pin(key.as_deref()).map_err(|e| match e {
         ServiceError::UnknownProject(_) => ApiError::Forbidden(UNKNOWN_SDK_KEY.into()),
         other => other.into(),
     })
+}
+
+/// One request may make at most `api.max_decisions_per_request` decisions (a huge datafile
+/// asked for everything would otherwise make one per flag or experiment, with an impression and
+/// a profile entry each); beyond it, a 422 naming the bound.
+fn check_decisions(state: &HttpState, decisions: usize) -> Result<(), ApiError> {
+    let max = state.agent_api.max_decisions_per_request;
+    if decisions > max {
+        return Err(ApiError::Unprocessable(format!(
+            "the request asks for {decisions} decisions, more than api.max_decisions_per_request \
+             ({max}); name fewer keys"
+        )));
+    }
+    Ok(())
 }
 
 /// A handler's outcome as the Agent renders it: errors too end in a newline.

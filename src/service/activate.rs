@@ -163,6 +163,9 @@ impl Service {
                         outcome.decision.into_iter().next()
                     }
                 };
+                if let Some(d) = &decision {
+                    self.notify_feature(snap, user, d);
+                }
                 match decision.as_ref().map(|d| d.enabled) {
                     Some(true) => counts.flag_enabled.inc(),
                     Some(false) => counts.flag_disabled.inc(),

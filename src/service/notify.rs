@@ -97,6 +97,48 @@ impl Service {
         });
     }
 
+    /// A feature activation (the Go SDK's `all-feature-variables` decision notification, what
+    /// the Agent's `/v1/activate` of a feature sends): the source is `feature-test` (with the
+    /// experiment and variation) when one of the flag's experiments served it, else `rollout`.
+    pub(super) fn notify_feature(
+        &self,
+        snap: &PinnedProject,
+        user: &UserContext,
+        d: &FlagDecision,
+    ) {
+        self.notify.publish(snap.index, Kind::Decision, || {
+            let config = snap.config();
+            let test = config.flag_by_key(&d.flag_key).and_then(|f| {
+                let rule = d.rule_key.as_deref()?;
+                config.flags[f]
+                    .experiments
+                    .iter()
+                    .any(|&e| config.experiments[e].key == rule)
+                    .then_some(rule)
+            });
+            let (source, source_info) = match (test, d.variation_key.as_deref()) {
+                (Some(rule), Some(variation)) => (
+                    "feature-test",
+                    json!({"experimentKey": rule, "variationKey": variation}),
+                ),
+                _ => ("rollout", json!({})),
+            };
+            json!({
+                "Type": "all-feature-variables",
+                "UserContext": user_json(&user.user_id, &user.attributes),
+                "DecisionInfo": {
+                    "feature": {
+                        "featureKey": d.flag_key,
+                        "featureEnabled": d.enabled,
+                        "source": source,
+                        "sourceInfo": source_info,
+                        "variableValues": d.variables,
+                    },
+                },
+            })
+        });
+    }
+
     /// A conversion (the Go SDK's track notification).
     pub(super) fn notify_track(
         &self,

@@ -291,6 +291,20 @@ impl ProfileGateway {
         }
     }
 
+    /// Replaces the user's stored profile by `profile` (no entries: deletes it), awaited in
+    /// every save mode; `false` when the store failed or timed out. The read cache forgets the
+    /// user. (A decision's merge still queued for the user lands on top of the replacement.)
+    pub async fn replace(&self, profile: &UserProfile) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let p = to_store(profile);
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&p.user_id).await;
+        }
+        self.guarded("save", store.replace(&p)).await.is_some()
+    }
+
     /// The write-behind loop: coalesces queued saves per user and writes them concurrently;
     /// on cancel, drains what is queued once.
     async fn run_saver(

@@ -195,6 +195,8 @@ pub struct CassandraStore {
     session: Session,
     insert: PreparedStatement,
     select: PreparedStatement,
+    /// Deletes a user's partition (before a `replace` writes the new entries).
+    delete: PreparedStatement,
     /// Profile of lookups and saves (consistency, timeout, datacenter preference).
     profile: ExecutionProfileHandle,
     timeout: Duration,
@@ -252,10 +254,17 @@ impl CassandraStore {
                 &format!("SELECT experiment_id, variation_id FROM {ks_table} WHERE user_id = ?"),
             )
             .await?;
+            let delete = prepare(
+                &session,
+                &request,
+                &format!("DELETE FROM {ks_table} WHERE user_id = ?"),
+            )
+            .await?;
             Ok(Self {
                 session,
                 insert,
                 select,
+                delete,
                 profile: request,
                 timeout: config.timeout,
             })
@@ -456,6 +465,19 @@ impl ProfileStore for CassandraStore {
             .await
             .map_err(execution_error)?;
         Ok(())
+    }
+
+    async fn replace(&self, profile: &StoredProfile) -> Result<(), BackendError> {
+        if profile.user_id.is_empty() {
+            return Ok(());
+        }
+        // The partition goes first, then the new rows are written (with later timestamps, so
+        // the deletion does not shadow them).
+        self.session
+            .execute_unpaged(&self.delete, (profile.user_id.as_str(),))
+            .await
+            .map_err(execution_error)?;
+        self.save(profile).await
     }
 
     async fn health(&self) -> Result<(), BackendError> {

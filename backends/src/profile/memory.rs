@@ -107,6 +107,18 @@ impl ProfileStore for MemoryStore {
         Ok(())
     }
 
+    async fn replace(&self, profile: &StoredProfile) -> Result<(), BackendError> {
+        if profile.experiment_bucket_map.is_empty() {
+            self.cache.invalidate(&profile.user_id);
+        } else {
+            self.cache.insert(
+                profile.user_id.clone(),
+                Arc::new(profile.experiment_bucket_map.clone()),
+            );
+        }
+        Ok(())
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         Ok(())
     }

@@ -462,6 +462,33 @@ impl ProfileStore for RedisStore {
         Ok(())
     }
 
+    async fn replace(&self, profile: &StoredProfile) -> Result<(), BackendError> {
+        let key = self.key(&profile.user_id);
+        if profile.experiment_bucket_map.is_empty() {
+            let _: i64 =
+                self.run(|mut conn| async move {
+                    redis::cmd("DEL").arg(&key).query_async(&mut conn).await
+                })
+                .await?;
+            return Ok(());
+        }
+        // The bare bucket map, as `save`'s script writes it.
+        let entries = serde_json::to_string(&profile.experiment_bucket_map)
+            .map_err(|e| BackendError::fatal(BACKEND, e))?;
+        let ttl_ms = self.ttl_ms;
+        let _: () = self
+            .run(|mut conn| async move {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key).arg(&entries);
+                if ttl_ms > 0 {
+                    cmd.arg("PX").arg(ttl_ms);
+                }
+                cmd.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         let pong: String = self
             .run(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })

@@ -13,7 +13,7 @@
 use super::{answer, body, pin, rule_source, RuleSource, UserBody};
 use crate::core::ProjectConfig;
 use crate::http::error::ApiError;
-use crate::http::params::{sdk_key, Query};
+use crate::http::params::Query;
 use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use crate::service::{ActivateRequest, ActivateScope, Activated};
@@ -167,12 +167,12 @@ pub async fn activate(state: &HttpState, req: Request<Incoming>) -> Result<Resp,
 
 async fn activate_keys(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
-    let key = sdk_key(&req);
-    let pin = pin(state, key.as_deref())?;
+    let pin = pin(state, &req)?;
     let b: UserBody = body(state, req).await?;
     let user = b.user(state)?;
     let config = pin.config();
     let selection = Selection::parse(&q, config)?;
+    super::check_decisions(state, selection.keys.len())?;
     let disable_tracking = q.get("disableTracking") == Some("true");
     let experiment_keys = selection.known(Kind::Experiment);
     let feature_keys = selection.known(Kind::Feature);

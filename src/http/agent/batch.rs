@@ -12,7 +12,7 @@
 //! `operationID`, which works with both).
 
 use crate::http::error::ApiError;
-use crate::http::response::{json, Resp};
+use crate::http::response::{json_line, Resp};
 use crate::http::{handle, HttpState};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -110,6 +110,14 @@ pub async fn batch(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Resp, ApiError> {
+    super::answer(run_batch(state, req, peer).await)
+}
+
+async fn run_batch(
+    state: &Arc<HttpState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Resp, ApiError> {
     let started = SystemTime::now();
     let bytes = state.limits.read_body(req).await?;
     let b: BatchBody = serde_json::from_slice(&bytes)
@@ -142,7 +150,7 @@ pub async fn batch(
         ));
     }
     let error_count = response.iter().filter(|i| i.status != 200).count();
-    Ok(json(
+    Ok(json_line(
         StatusCode::OK,
         &BatchOut {
             started_at: timestamp(started),

@@ -3,7 +3,6 @@
 
 use super::{answer, pin};
 use crate::http::error::ApiError;
-use crate::http::params::sdk_key;
 use crate::http::response::{json_line, raw_json, Resp};
 use crate::http::HttpState;
 use hyper::body::Incoming;
@@ -15,7 +14,7 @@ const DUMMY_AUDIENCE_ID: &str = "$opt_dummy_audience";
 
 /// `GET /v1/config`.
 pub async fn config(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    answer(pin(state, sdk_key(&req).as_deref()).map(|pin| {
+    answer(pin(state, &req).map(|pin| {
         let mut rendered = crate::core::optimizely_config::render(pin.config());
         if let Some(Value::Array(audiences)) = rendered.get_mut("audiences") {
             audiences.retain(|a| a.get("id").and_then(Value::as_str) != Some(DUMMY_AUDIENCE_ID));
@@ -26,5 +25,5 @@ pub async fn config(state: &HttpState, req: Request<Incoming>) -> Result<Resp, A
 
 /// `GET /v1/datafile`.
 pub async fn datafile(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    answer(pin(state, sdk_key(&req).as_deref()).map(|pin| raw_json(pin.config().datafile.clone())))
+    answer(pin(state, &req).map(|pin| raw_json(pin.config().datafile.clone())))
 }

@@ -5,7 +5,7 @@
 use super::{answer, body, pin, rule_source, RuleSource, UserBody, UserContextOut};
 use crate::core::{DecideOptions, FlagDecision, ProjectConfig, UserContext};
 use crate::http::error::ApiError;
-use crate::http::params::{sdk_key, Query};
+use crate::http::params::Query;
 use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use hyper::body::Incoming;
@@ -31,6 +31,7 @@ struct Decision<'a> {
 impl<'a> Decision<'a> {
     fn new(config: &ProjectConfig, d: FlagDecision, user: &'a UserContext) -> Self {
         let source = rule_source(config, &d.flag_key, d.rule_key.as_deref());
+        let reasons = super::reasons::agent_reasons(config, user, &d.flag_key, d.reasons);
         Self {
             is_everyone_else_variation: source
                 == RuleSource::Rollout {
@@ -45,7 +46,7 @@ impl<'a> Decision<'a> {
                 user_id: &user.user_id,
                 attributes: &user.attributes,
             },
-            reasons: d.reasons,
+            reasons,
         }
     }
 }
@@ -58,10 +59,25 @@ pub async fn decide(state: &HttpState, req: Request<Incoming>) -> Result<Resp, A
 async fn decide_flags(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let keys: Vec<String> = q.all("keys").into_iter().map(str::to_owned).collect();
-    let key = sdk_key(&req);
-    let pin = pin(state, key.as_deref())?;
+    let pin = pin(state, &req)?;
+    let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let asked = if distinct.is_empty() {
+        pin.config().flags.len()
+    } else {
+        distinct.len()
+    };
+    super::check_decisions(state, asked)?;
     let b: UserBody = body(state, req).await?;
-    let user = b.user(state)?;
+    let mut user = b.user(state)?;
+    if b.fetch_segments {
+        if let Err(answer) =
+            super::odp::qualify(state, &pin, &mut user, &b.fetch_segments_options).await
+        {
+            return Ok(answer);
+        }
+    }
     let mut options = DecideOptions::parse(b.decide_options.iter().map(String::as_str))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -79,8 +95,11 @@ async fn decide_flags(state: &HttpState, req: Request<Incoming>) -> Result<Resp,
             .ok_or_else(|| ApiError::Internal("decide returned nothing".into()))?;
         return Ok(json_line(StatusCode::OK, &Decision::new(config, d, &user)));
     }
+    // The Go SDK filters a multi-flag answer after deciding, so a decision that ends up
+    // disabled (an error decision too) is never listed under ENABLED_FLAGS_ONLY.
     let all: Vec<Decision<'_>> = decisions
         .into_iter()
+        .filter(|d| !options.enabled_flags_only || d.enabled)
         .map(|d| Decision::new(config, d, &user))
         .collect();
     Ok(json_line(StatusCode::OK, &all))

@@ -9,8 +9,7 @@
 
 use crate::core::UserContext;
 use crate::http::error::ApiError;
-use crate::http::params::sdk_key;
-use crate::http::response::{json, ErrorBody, Resp};
+use crate::http::response::{json_line, ErrorBody, Resp};
 use crate::http::HttpState;
 use crate::service::odp::{OdpError, OdpEvent, SegmentOptions};
 use crate::service::PinnedProject;
@@ -25,19 +24,22 @@ struct Sent {
 
 /// An error answer with the Agent's status and exact wording (no `internal error:` prefix).
 fn answer(status: StatusCode, message: &str) -> Resp {
-    json(status, &ErrorBody { error: message })
+    json_line(status, &ErrorBody { error: message })
 }
 
 /// `POST /v1/send-odp-event`.
 pub async fn send_odp_event(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let key = sdk_key(&req);
+    super::answer(send(state, req).await)
+}
+
+async fn send(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let pin = super::pin(state, &req)?;
     let bytes = state.limits.read_body(req).await?;
-    let pin = state.service.pin(key.as_deref())?;
     let Ok(event) = serde_json::from_slice::<OdpEvent>(&bytes) else {
         return Err(ApiError::BadRequest("error parsing request body".into()));
     };
     match state.service.send_odp_event(&pin, event) {
-        Ok(()) => Ok(json(StatusCode::OK, &Sent { success: true })),
+        Ok(()) => Ok(json_line(StatusCode::OK, &Sent { success: true })),
         Err(e @ (OdpError::MissingAction | OdpError::MissingIdentifiers)) => {
             Err(ApiError::BadRequest(e.to_string()))
         }

@@ -1,4 +1,5 @@
-//! `POST /v1/override` (only with `api.enable_overrides = true`): forces, or with an empty
+//! `POST /v1/override` (only with `api.enable_overrides = true`, else a 403 before anything is
+//! read or decided): forces, or with an empty
 //! `variationKey` clears, a user's variation of an experiment, answering as the Agent: the
 //! previous override in `prevVariationKey` (read from the override map; no decision is made)
 //! and what happened in `messages` (`null` when there is nothing to say).
@@ -9,12 +10,14 @@
 
 use super::{answer, body, pin};
 use crate::http::error::ApiError;
-use crate::http::params::sdk_key;
 use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
+
+/// The Agent's 403 when overrides are not enabled, with the setting that enables them.
+const OVERRIDES_DISABLED: &str = "Overrides not enabled (api.enable_overrides = false)";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,12 +50,12 @@ pub async fn override_variation(
 }
 
 async fn set_override(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let key = sdk_key(&req);
-    let pin = pin(state, key.as_deref())?;
-    let b: OverrideBody = body(state, req).await?;
+    // As the Agent's router: refused before the key, the body or anything else is looked at.
     if !state.service.enable_overrides {
-        return Err(crate::service::ServiceError::OverridesDisabled.into());
+        return Err(ApiError::Forbidden(OVERRIDES_DISABLED.into()));
     }
+    let pin = pin(state, &req)?;
+    let b: OverrideBody = body(state, req).await?;
     if b.user_id.is_empty() {
         return Err(ApiError::BadRequest("userId cannot be empty".into()));
     }

@@ -5,7 +5,7 @@
 
 use crate::http::error::ApiError;
 use crate::http::params::sdk_key;
-use crate::http::response::{json, Resp};
+use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use crate::service::ServiceError;
 use hyper::body::Incoming;
@@ -19,6 +19,10 @@ struct ResetOut {
 
 /// The handler.
 pub async fn reset(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    super::answer(reset_project(state, req))
+}
+
+fn reset_project(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let key =
         sdk_key(&req).ok_or_else(|| ApiError::BadRequest("SDK key required for reset".into()))?;
     match state.service.pin(Some(&key)) {
@@ -29,5 +33,5 @@ pub async fn reset(state: &HttpState, req: Request<Incoming>) -> Result<Resp, Ap
         Err(ServiceError::UnknownProject(_) | ServiceError::NotReady(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(json(StatusCode::OK, &ResetOut { result: true }))
+    Ok(json_line(StatusCode::OK, &ResetOut { result: true }))
 }

@@ -3,7 +3,7 @@
 
 use super::{answer, body, pin, UserBody};
 use crate::http::error::ApiError;
-use crate::http::params::{sdk_key, Query};
+use crate::http::params::Query;
 use crate::http::response::{json_line, Resp};
 use crate::http::HttpState;
 use crate::service::ServiceError;
@@ -29,8 +29,7 @@ pub async fn track(state: &HttpState, req: Request<Incoming>) -> Result<Resp, Ap
 async fn track_event(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let event_key = q.get("eventKey").unwrap_or_default().to_string();
-    let key = sdk_key(&req);
-    let pin = pin(state, key.as_deref())?;
+    let pin = pin(state, &req)?;
     let b: UserBody = body(state, req).await?;
     if event_key.is_empty() {
         return Err(ApiError::BadRequest(
