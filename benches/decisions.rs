@@ -3,6 +3,11 @@
 //!
 //! `benches/sdk_baseline.py` times the official Python SDK on the same datafile and users; the
 //! README reports both from one run of `benches/run.sh`.
+//!
+//! `decide_all_24_flags_5_global_holdouts` is the same decide-all on the fixture plus 5 running
+//! global holdouts without audiences, each on 1% of the traffic: most users are evaluated
+//! against all 5 and bucketed into none (then the flags decide as without holdouts), about 5%
+//! are held by one (then every flag answers with its variation). The share held is printed.
 
 #![allow(clippy::expect_used)] // a benchmark with a broken fixture should stop loudly
 use bucketd::core::{DecideOptions, Decider, ProjectConfig, UserContext};
@@ -30,8 +35,24 @@ fn fixture() -> (ProjectConfig, Vec<UserContext>) {
     (config, users)
 }
 
+/// The fixture datafile plus 5 global holdouts, each holding 1% of the traffic.
+fn with_global_holdouts(config: &ProjectConfig) -> ProjectConfig {
+    let mut df: serde_json::Value =
+        serde_json::from_str(&config.datafile).expect("fixture datafile is JSON");
+    df["holdouts"] = (1..=5)
+        .map(|i| {
+            serde_json::json!({"id": format!("90000{i}"), "key": format!("holdout_{i}"),
+                "status": "Running", "audienceIds": [],
+                "variations": [{"id": format!("91000{i}"), "key": "off", "featureEnabled": false}],
+                "trafficAllocation": [{"entityId": format!("91000{i}"), "endOfRange": 100}]})
+        })
+        .collect();
+    ProjectConfig::parse(df.to_string().as_bytes()).expect("fixture with holdouts parses")
+}
+
 fn decisions(c: &mut Criterion) {
     let (config, users) = fixture();
+    let held_config = with_global_holdouts(&config);
     let exp = config.experiment_by_key("exp_1").expect("exp_1 exists");
     let mut g = c.benchmark_group("core");
     g.throughput(Throughput::Elements(1));
@@ -52,6 +73,27 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % users.len();
             let d = Decider::new(&config, &users[i]);
+            black_box(d.decide(None, options, None, &mut stamp))
+        })
+    });
+    let held = users
+        .iter()
+        .filter(|u| {
+            let d = Decider::new(&held_config, u).decide(None, options, None, &mut stamp);
+            d.decision
+                .first()
+                .and_then(|d| d.rule_key.as_deref())
+                .is_some_and(|k| k.starts_with("holdout_"))
+        })
+        .count();
+    eprintln!(
+        "5 global holdouts: {held} of {} fixture users held",
+        users.len()
+    );
+    g.bench_function("decide_all_24_flags_5_global_holdouts", |b| {
+        b.iter(|| {
+            i = (i + 1) % users.len();
+            let d = Decider::new(&held_config, &users[i]);
             black_box(d.decide(None, options, None, &mut stamp))
         })
     });

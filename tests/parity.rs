@@ -339,15 +339,9 @@ fn decisions_and_events_match_the_python_sdk() {
     let users = env_or("BUCKETD_PARITY_USERS", "500");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("parity-{seed}-{datafiles}x{users}.json"));
-    // Holdouts are not decided by bucketd yet (README: "How the decision core is proven"), so
-    // the generator runs without them: the wrapper leaves the oracle and the SDK unchanged and
-    // only drops the `holdouts` / `localHoldouts` sections from the generated datafiles.
     let status = Command::new(&python)
-        .arg(root.join("tests/parity_cmab/oracle_subset.py"))
-        .arg(root.join("tests/parity"))
+        .arg(root.join("tests/parity/oracle.py"))
         .args([
-            "--no-holdouts",
-            "--",
             "--seed",
             &seed,
             "--datafiles",

@@ -10,9 +10,7 @@
 //! `BUCKETD_PARITY_ORACLE_DIR` (where `oracle.py` and `prediction_server.py` are; default
 //! `tests/parity`). Without a usable Python the test skips locally and fails in CI.
 //!
-//! When a probe finds the core on this build without holdouts or `fr` rules, the oracle runs
-//! through `tests/parity_cmab/oracle_subset.py`, which leaves those features out of the generated
-//! datafiles; once the core decides them, the datafiles are the oracle's own.
+//! The datafiles are the oracle's own, holdouts and `fr` rules included.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
 
@@ -87,42 +85,6 @@ fn start_server(python: &Path, dir: &Path, cases: &Path) -> (Server, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     (server, port)
-}
-
-/// Whether the core answers a global holdout and an `fr` rule's "Everyone Else" (probes).
-fn core_supports() -> (bool, bool) {
-    let rule = |holdouts: bool| {
-        let mut df = json!({"version": "4", "attributes": [], "audiences": [], "events": [],
-            "groups": [],
-            "experiments": [{"id": "fr", "key": "fr", "status": "Running", "layerId": "l",
-                "audienceIds": [], "type": "fr", "forcedVariations": {},
-                "variations": [{"id": "a", "key": "a", "featureEnabled": true}],
-                "trafficAllocation": [{"entityId": "a", "endOfRange": 0}]}],
-            "rollouts": [{"id": "r", "experiments": [{"id": "ee", "key": "ee", "status": "Running",
-                "layerId": "l", "audienceIds": [], "forcedVariations": {},
-                "variations": [{"id": "on", "key": "on", "featureEnabled": true}],
-                "trafficAllocation": [{"entityId": "on", "endOfRange": 10000}]}]}],
-            "featureFlags": [{"id": "f", "key": "f", "experimentIds": ["fr"], "rolloutId": "r",
-                "variables": []}]});
-        if holdouts {
-            df["holdouts"] = json!([{"id": "h", "key": "h", "status": "Running",
-                "audienceIds": [], "variations": [{"id": "ho", "key": "ho", "featureEnabled": false}],
-                "trafficAllocation": [{"entityId": "ho", "endOfRange": 10000}]}]);
-        }
-        let config = ProjectConfig::parse(df.to_string().as_bytes()).ok()?;
-        let user = UserContext::new("u", Map::new());
-        let d = Decider::new(&config, &user).decide(
-            Some(&["f"]),
-            DecideOptions::default(),
-            None,
-            &mut || (String::new(), 0),
-        );
-        d.decision.first().and_then(|d| d.rule_key.clone())
-    };
-    (
-        rule(true).as_deref() == Some("h"),
-        rule(false).as_deref() == Some("fr"),
-    )
 }
 
 /// Replaces each `cmab_uuid` by the order in which it first appeared for this user (checking it
@@ -494,21 +456,10 @@ async fn cmab_decisions_events_and_requests_match_the_python_sdk() {
     let users = env_or("BUCKETD_PARITY_CMAB_USERS", "100");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("parity-cmab-{seed}-{datafiles}x{users}.json"));
-    let (holdouts, fr) = core_supports();
     let started = Instant::now();
-    let mut oracle = Command::new(&python);
-    oracle
-        .arg(root.join("tests/parity_cmab/oracle_subset.py"))
-        .arg(&dir);
-    if !holdouts {
-        oracle.arg("--no-holdouts");
-    }
-    if !fr {
-        oracle.arg("--no-fr");
-    }
-    let status = oracle
+    let status = Command::new(&python)
+        .arg(dir.join("oracle.py"))
         .args([
-            "--",
             "--seed",
             &seed,
             "--datafiles",
@@ -566,11 +517,8 @@ async fn cmab_decisions_events_and_requests_match_the_python_sdk() {
         }
     }
     eprintln!(
-        "CMAB parity seed {seed}: {replayed} datafiles (generated without \
-         holdouts: {}, without fr: {}), {users_checked} users, {requests} prediction requests, {} mismatching \
-         users; oracle {:.1?}, replay {:.1?}",
-        !holdouts,
-        !fr,
+        "CMAB parity seed {seed}: {replayed} datafiles, {users_checked} users, {requests} \
+         prediction requests, {} mismatching users; oracle {:.1?}, replay {:.1?}",
         mismatches.len(),
         oracle_time,
         started.elapsed()

@@ -77,6 +77,12 @@ pub struct RawDatafile {
     pub feature_flags: Vec<RawFeatureFlag>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub rollouts: Vec<RawRollout>,
+    /// Global holdouts: each applies to every flag, before any of its rules.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub holdouts: Vec<RawHoldout>,
+    /// Local holdouts: each applies to the rules its `includedRules` names.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub local_holdouts: Vec<RawHoldout>,
 }
 
 /// `version` is a string in every real datafile; a bare number is accepted and compared as text.
@@ -231,6 +237,35 @@ pub struct RawRollout {
     pub experiments: Vec<RawExperiment>,
 }
 
+/// A holdout (an entry of `holdouts` or `localHoldouts`): audiences and traffic like an
+/// experiment's, no groups, no whitelist, no layer. `layerId`, `includedFlags` and
+/// `excludedFlags` are ignored, as by the SDK.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawHoldout {
+    pub id: String,
+    pub key: String,
+    /// Only `Running` (case-sensitive) counts.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub audience_ids: Vec<Value>,
+    /// As for experiments: present (even `[]`) replaces `audienceIds`.
+    #[serde(default)]
+    pub audience_conditions: Option<Value>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub variations: Vec<RawVariation>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub traffic_allocation: Vec<RawTrafficAllocation>,
+    /// Rule ids (experiments and rollout rules) a local holdout applies to. Absent or `null`:
+    /// the local holdout is skipped. Ignored on a global holdout.
+    #[serde(default)]
+    pub included_rules: Option<Vec<Value>>,
+    /// On a global holdout: the users it holds are still served `td` experiments and the rollout.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub exclude_targeted_deliveries: bool,
+}
+
 /// Parses datafile bytes into the raw model, naming the JSON path of any problem.
 pub fn parse_raw(bytes: &[u8]) -> Result<RawDatafile, DatafileError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -302,5 +337,33 @@ mod tests {
         assert!(raw.experiments.is_empty());
         assert!(!raw.anonymize_ip);
         assert_eq!(raw.feature_flags[0].rollout_id, "");
+    }
+
+    #[test]
+    fn holdout_sections_and_their_optional_fields() {
+        let raw = parse_raw(
+            br#"{"version":"4","holdouts":[{"id":"1","key":"g","status":"Running",
+                 "excludeTargetedDeliveries":true,"includedFlags":[],"layerId":"x",
+                 "variations":[{"id":"9","key":"off"}],
+                 "trafficAllocation":[{"entityId":"9","endOfRange":500}]}],
+                 "localHoldouts":[{"id":"2","key":"l","includedRules":["7",8]},
+                                  {"id":"3","key":"m","includedRules":null,
+                                   "excludeTargetedDeliveries":null}]}"#,
+        )
+        .unwrap();
+        let g = &raw.holdouts[0];
+        assert!(g.exclude_targeted_deliveries);
+        assert_eq!(g.included_rules, None);
+        assert_eq!(g.variations[0].key, "off");
+        assert_eq!(g.traffic_allocation[0].end_of_range, Some(500.0));
+        assert_eq!(
+            raw.local_holdouts[0].included_rules,
+            Some(vec![Value::from("7"), Value::from(8)])
+        );
+        assert_eq!(raw.local_holdouts[0].status, "");
+        assert_eq!(raw.local_holdouts[1].included_rules, None);
+        assert!(!raw.local_holdouts[1].exclude_targeted_deliveries);
+        let none = parse_raw(br#"{"version":"4","holdouts":null}"#).unwrap();
+        assert!(none.holdouts.is_empty() && none.local_holdouts.is_empty());
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! One step of the SDKs' flow per submodule: `forced` (forced decisions and variations),
 //! `targeting` (audiences and bucketing of one rule), `experiment` (`get_variation` /
-//! `activate`), `flag` (`decide`), `sticky` (the request's profile, copied on first write).
-//! Among themselves they form a DAG: `flag` → `experiment` → `targeting`, `forced`, `sticky`.
+//! `activate`), `holdout` (global and local holdouts; `decide` only), `flag` (`decide`),
+//! `sticky` (the request's profile, copied on first write). Among themselves they form a DAG:
+//! `flag` → `holdout` → `targeting`, and `flag` → `experiment` → `targeting`, `forced`, `sticky`.
 //!
 //! External inputs (for CMAB predictions): a decision that needs something the core cannot
 //! compute lists it in [`Outcome::pending`]; the caller fetches it, adds the answer to
@@ -18,6 +19,7 @@ mod cmab;
 mod experiment;
 mod flag;
 mod forced;
+mod holdout;
 mod sticky;
 mod targeting;
 
@@ -210,7 +212,8 @@ impl<'a> Decider<'a> {
                 &self.user.user_id,
                 &self.user.attributes,
                 Impression {
-                    experiment: Some(exp),
+                    experiment_id: &exp.id,
+                    layer_id: &exp.layer_id,
                     variation: Some(&exp.variations[v]),
                     flag_key: "",
                     rule_key: &exp.key,

@@ -55,15 +55,26 @@ fn is_numeric_id(s: &str) -> bool {
 
 /// What an impression is about.
 pub struct Impression<'c> {
-    /// `None` for a decision with no rule (e.g. a flag-level forced decision or no rollout).
-    pub experiment: Option<&'c Experiment>,
+    /// The rule's (or holdout's) id; empty for a decision with no rule (e.g. a flag-level forced
+    /// decision or no rollout).
+    pub experiment_id: &'c str,
+    /// The rule's layer id: the campaign when not empty (holdouts have none), else the
+    /// experiment id is.
+    pub layer_id: &'c str,
     pub variation: Option<&'c Variation>,
     /// Empty for `activate`.
     pub flag_key: &'c str,
     pub rule_key: &'c str,
-    /// `experiment`, `feature-test` or `rollout`.
+    /// `experiment`, `feature-test`, `rollout` or `holdout`.
     pub rule_type: &'c str,
     pub enabled: bool,
+}
+
+impl<'c> Impression<'c> {
+    /// The experiment and layer ids of an impression about `rule` (none: empty ids).
+    pub fn ids_of(rule: Option<&'c Experiment>) -> (&'c str, &'c str) {
+        rule.map_or(("", ""), |e| (e.id.as_str(), e.layer_id.as_str()))
+    }
 }
 
 /// Builds an impression event.
@@ -74,9 +85,7 @@ pub fn impression(
     what: Impression<'_>,
     stamp: &mut dyn EventStamp,
 ) -> UserEvent {
-    let (experiment_id, layer_id) = what
-        .experiment
-        .map_or(("", ""), |e| (e.id.as_str(), e.layer_id.as_str()));
+    let (experiment_id, layer_id) = (what.experiment_id, what.layer_id);
     let campaign_id = if !layer_id.is_empty() {
         layer_id
     } else {

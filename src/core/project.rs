@@ -20,6 +20,9 @@ use std::sync::Arc;
 /// Index of an experiment (or rollout rule) in [`ProjectConfig::experiments`].
 pub type ExperimentIdx = usize;
 
+/// Index of a holdout in [`ProjectConfig::holdouts`].
+pub type HoldoutIdx = usize;
+
 /// A variation of an experiment.
 #[derive(Debug, Clone)]
 pub struct Variation {
@@ -56,6 +59,9 @@ pub struct Experiment {
     pub is_rollout_rule: bool,
     /// A truthy `cmab` block: decided by a prediction (boxed: most experiments have none).
     pub cmab: Option<Box<crate::core::decide::Cmab>>,
+    /// The running local holdouts whose `includedRules` name this rule, in datafile order
+    /// (checked in `decide` after the rule's forced decision, before the rule itself).
+    pub holdouts: Vec<HoldoutIdx>,
 }
 
 impl Experiment {
@@ -73,6 +79,24 @@ impl Experiment {
     pub fn variation_by_key(&self, key: &str) -> Option<usize> {
         self.variations.iter().rposition(|v| v.key == key)
     }
+}
+
+/// A running holdout (global or local): users it buckets get its variation instead of the
+/// flag's rules. Audiences and traffic as for an experiment; its id salts the hash; no groups.
+#[derive(Debug, Clone)]
+pub struct Holdout {
+    pub id: String,
+    pub key: String,
+    /// Its variations. Their `variables` are left empty: the SDK never indexes them (a decision's
+    /// variables come from the rule variation with the same id, if any).
+    pub variations: Vec<Variation>,
+    /// Slices resolve to the last variation with the slice's id.
+    pub traffic: Vec<Slice<usize>>,
+    /// `None` means everyone qualifies.
+    pub audiences: Option<AudienceRefs>,
+    /// Global holdouts only: a user it holds is still served `td` experiments and the rollout,
+    /// and its impression goes out before theirs.
+    pub exclude_targeted_deliveries: bool,
 }
 
 /// A group of experiments; only `random` groups are mutually exclusive.
@@ -151,6 +175,10 @@ pub struct ProjectConfig {
     pub events: Vec<Event>,
     pub flags: Vec<FeatureFlag>,
     pub rollouts: Vec<Rollout>,
+    /// Running holdouts: the global ones in datafile order, then the local ones.
+    pub holdouts: Vec<Holdout>,
+    /// The global holdouts, in the order `decide` checks them (before any rule of every flag).
+    pub global_holdouts: Vec<HoldoutIdx>,
     /// The datafile text this was built from.
     pub datafile: String,
     experiment_by_id: FxHashMap<String, ExperimentIdx>,
@@ -291,5 +319,91 @@ mod tests {
         assert_eq!(cfg.experiments[e1].group, Some(0));
         assert_eq!(cfg.experiments[e2].group, None);
         assert_eq!(cfg.groups[0].traffic[0].entity, Some(e1));
+    }
+
+    /// A flag with one experiment ("e1") and a rollout of one rule ("r1"), plus the given
+    /// holdout sections.
+    fn with_holdouts(global: &str, local: &str) -> ProjectConfig {
+        let text = format!(
+            r#"{{"version":"4",
+            "audiences":[{{"id":"a1","name":"a","conditions":"[\"or\"]"}}],
+            "experiments":[{{"id":"e1","key":"exp","status":"Running","layerId":"l",
+                "variations":[{{"id":"v1","key":"on","featureEnabled":true}}],
+                "trafficAllocation":[{{"entityId":"v1","endOfRange":10000}}]}}],
+            "rollouts":[{{"id":"ro","experiments":[{{"id":"r1","key":"rule","status":"Running",
+                "layerId":"l2","variations":[{{"id":"v2","key":"on2"}}],
+                "trafficAllocation":[{{"entityId":"v2","endOfRange":10000}}]}}]}}],
+            "featureFlags":[{{"id":"f","key":"flag","experimentIds":["e1"],"rolloutId":"ro"}}],
+            "holdouts":{global},"localHoldouts":{local}}}"#
+        );
+        ProjectConfig::parse(text.as_bytes()).unwrap()
+    }
+
+    fn keys(cfg: &ProjectConfig, idx: &[HoldoutIdx]) -> Vec<String> {
+        idx.iter().map(|&h| cfg.holdouts[h].key.clone()).collect()
+    }
+
+    #[test]
+    fn global_holdouts_keep_datafile_order_and_only_running_ones() {
+        let cfg = with_holdouts(
+            r#"[{"id":"h1","key":"first","status":"Running"},
+                {"id":"h2","key":"draft","status":"Draft"},
+                {"id":"h3","key":"lower","status":"running"},
+                {"id":"h4","key":"second","status":"Running","includedRules":["e1"]}]"#,
+            "[]",
+        );
+        assert_eq!(keys(&cfg, &cfg.global_holdouts), ["first", "second"]);
+        // `includedRules` on a global holdout does not make it local.
+        let e1 = cfg.experiment_by_id("e1").unwrap();
+        assert!(cfg.experiments[e1].holdouts.is_empty());
+    }
+
+    #[test]
+    fn local_holdouts_attach_to_the_rules_they_name() {
+        let cfg = with_holdouts(
+            "[]",
+            r#"[{"id":"h1","key":"both","status":"Running","includedRules":["r1","e1","nope"]},
+                {"id":"h2","key":"no_rules","status":"Running"},
+                {"id":"h3","key":"null_rules","status":"Running","includedRules":null},
+                {"id":"h4","key":"paused","status":"Paused","includedRules":["e1"]},
+                {"id":"h5","key":"exp_only","status":"Running","includedRules":["e1"]},
+                {"id":"h6","key":"empty","status":"Running","includedRules":[]}]"#,
+        );
+        assert!(cfg.global_holdouts.is_empty());
+        let e1 = cfg.experiment_by_id("e1").unwrap();
+        let r1 = cfg.experiment_by_id("r1").unwrap();
+        assert_eq!(
+            keys(&cfg, &cfg.experiments[e1].holdouts),
+            ["both", "exp_only"]
+        );
+        assert_eq!(keys(&cfg, &cfg.experiments[r1].holdouts), ["both"]);
+        assert_eq!(cfg.holdouts.len(), 3);
+    }
+
+    #[test]
+    fn holdout_traffic_and_audiences_compile_like_an_experiments() {
+        let cfg = with_holdouts(
+            r#"[{"id":"h1","key":"h","status":"Running","audienceIds":["a1"],
+                 "excludeTargetedDeliveries":true,
+                 "variations":[{"id":"9","key":"first","featureEnabled":true,
+                                "variables":[{"id":"x","value":"1"}]},
+                               {"id":"9","key":"last"}],
+                 "trafficAllocation":[{"entityId":"","endOfRange":100},
+                                      {"entityId":"9","endOfRange":500},
+                                      {"entityId":"77","endOfRange":900}]},
+                {"id":"h2","key":"h2","status":"Running","audienceIds":["a1"],
+                 "audienceConditions":[]}]"#,
+            "[]",
+        );
+        let h = &cfg.holdouts[0];
+        assert!(h.exclude_targeted_deliveries);
+        let entities: Vec<_> = h.traffic.iter().map(|s| s.entity).collect();
+        assert_eq!(entities, [None, Some(1), None]);
+        assert!(h.audiences.is_some());
+        assert!(h.variations[0].feature_enabled && !h.variations[1].feature_enabled);
+        assert!(h.variations[0].variables.is_empty());
+        // `audienceConditions: []` replaces the ids: everyone qualifies.
+        assert!(cfg.holdouts[1].audiences.is_none());
+        assert!(!cfg.holdouts[1].exclude_targeted_deliveries);
     }
 }

@@ -23,6 +23,18 @@ impl Reasons {
         }
     }
 
+    /// Whether reasons are being collected.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Adds reasons collected elsewhere (copied only when reasons are being collected).
+    pub fn extend(&mut self, reasons: &[String]) {
+        if self.enabled {
+            self.list.extend_from_slice(reasons);
+        }
+    }
+
     /// Takes the collected reasons, leaving the sink empty.
     pub fn take(&mut self) -> Vec<String> {
         std::mem::take(&mut self.list)

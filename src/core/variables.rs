@@ -111,6 +111,15 @@ pub fn typed_value(raw: &str, kind: VariableType) -> Value {
     }
 }
 
+/// The typed value of a variable that has no value at all (the SDK casts `None`): `false` for a
+/// boolean (`None == "true"`), `null` for every other type.
+pub fn typed_null(kind: VariableType) -> Value {
+    match kind {
+        VariableType::Boolean => Value::Bool(false),
+        _ => Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +143,19 @@ mod tests {
         );
         assert_eq!(typed_value("{bad", VariableType::Json), Value::Null);
         assert_eq!(typed_value("x", VariableType::String), json!("x"));
+    }
+
+    #[test]
+    fn no_value_casts_to_null_or_false() {
+        assert_eq!(typed_null(VariableType::Boolean), json!(false));
+        for kind in [
+            VariableType::String,
+            VariableType::Integer,
+            VariableType::Double,
+            VariableType::Json,
+            VariableType::Other,
+        ] {
+            assert_eq!(typed_null(kind), Value::Null, "{kind:?}");
+        }
     }
 }

@@ -1,7 +1,13 @@
-//! Flag decisions (`decide`): forced decisions, feature-test experiments in order, then rollout
-//! rules in order, typed variables, decide options and the impression events they cause. A flag
-//! halted at a CMAB rule (see `cmab`) gets the error decision and no impression.
+//! Flag decisions (`decide`): the flag-level forced decision, the global holdouts, feature-test
+//! experiments in order, then rollout rules in order (each rule: its forced decision, its local
+//! holdouts, the rule), typed variables, decide options and the impression events they cause. A
+//! flag halted at a CMAB rule (see `cmab`) gets the error decision and no impression.
+//!
+//! A global holdout with `excludeTargetedDeliveries` that holds the user does not answer: only
+//! `td` experiments and the rollout may, and the holdout's impression goes out before theirs
+//! (unless a local holdout answers).
 
+use super::holdout::{GlobalHoldouts, Held};
 use super::sticky::Sticky;
 use super::targeting::BucketOutcome;
 use super::{Decider, Outcome};
@@ -10,7 +16,7 @@ use crate::core::events::{EventStamp, UserEvent};
 use crate::core::profile::UserProfile;
 use crate::core::project::{ExperimentIdx, FeatureFlag};
 use crate::core::reasons::Reasons;
-use crate::core::variables::typed_value;
+use crate::core::variables::{typed_null, typed_value};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -35,6 +41,7 @@ impl std::fmt::Display for RuleLabel {
 pub enum DecisionSource {
     FeatureTest,
     Rollout,
+    Holdout,
 }
 
 impl DecisionSource {
@@ -43,18 +50,30 @@ impl DecisionSource {
         match self {
             Self::FeatureTest => "feature-test",
             Self::Rollout => "rollout",
+            Self::Holdout => "holdout",
         }
     }
 }
 
-/// What answered one flag: the rule and variation (indexes), and the source.
+/// What a flag was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// `(experiment index, variation index)`; for a flag-level forced decision the experiment is
+    /// the one that defines the variation, but the choice's `rule` stays `None`.
+    Variation(ExperimentIdx, usize),
+    /// A holdout's variation (the choice's `rule` is `None`).
+    Holdout(Held),
+}
+
+/// What answered one flag: the rule, what it served, and the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlagChoice {
     rule: Option<ExperimentIdx>,
-    /// `(experiment index, variation index)`; for a flag-level forced decision the experiment is
-    /// the one that defines the variation, but `rule` stays `None`.
-    variation: Option<(ExperimentIdx, usize)>,
+    served: Option<Served>,
     source: DecisionSource,
+    /// A global holdout with `excludeTargetedDeliveries` that holds the user: its impression
+    /// goes out before this answer's.
+    held: Option<Held>,
 }
 
 impl Default for FlagChoice {
@@ -62,8 +81,35 @@ impl Default for FlagChoice {
     fn default() -> Self {
         Self {
             rule: None,
-            variation: None,
+            served: None,
             source: DecisionSource::FeatureTest,
+            held: None,
+        }
+    }
+}
+
+impl FlagChoice {
+    /// A rule's (or a forced decision's) variation.
+    fn variation(
+        rule: Option<ExperimentIdx>,
+        (e, v): (ExperimentIdx, usize),
+        source: DecisionSource,
+    ) -> Self {
+        Self {
+            rule,
+            served: Some(Served::Variation(e, v)),
+            source,
+            held: None,
+        }
+    }
+
+    /// A holdout's answer.
+    fn holdout(held: Held) -> Self {
+        Self {
+            rule: None,
+            served: Some(Served::Holdout(held)),
+            source: DecisionSource::Holdout,
+            held: None,
         }
     }
 }
@@ -164,6 +210,7 @@ impl Decider<'_> {
         let mut seen: Vec<&str> = Vec::with_capacity(keys.len());
         let mut out = Vec::with_capacity(keys.len());
         let mut events = Vec::new();
+        let mut globals = GlobalHoldouts::default();
         for &key in keys {
             if seen.contains(&key) {
                 continue;
@@ -179,12 +226,8 @@ impl Decider<'_> {
             };
             let flag = &config.flags[flag_idx];
             let choice = match self.forced_decision(flag, None, &mut reasons) {
-                Some(v) => FlagChoice {
-                    rule: None,
-                    variation: Some(v),
-                    source: DecisionSource::FeatureTest,
-                },
-                None => self.flag_choice(flag, &mut sticky, &mut reasons),
+                Some(v) => FlagChoice::variation(None, v, DecisionSource::FeatureTest),
+                None => self.flag_choice(flag, &mut sticky, &mut globals, &mut reasons),
             };
             let (first_event, halt) = (events.len(), sticky.cmab.take_halt());
             let decision = match halt {
@@ -199,43 +242,71 @@ impl Decider<'_> {
         Outcome::new(out, events, sticky)
     }
 
-    /// The decision for one flag after its flag-level forced decision: feature tests, then the
-    /// rollout.
+    /// The decision for one flag after its flag-level forced decision: global holdouts, feature
+    /// tests, then the rollout.
     fn flag_choice(
         &self,
         flag: &FeatureFlag,
         sticky: &mut Sticky<'_>,
+        globals: &mut GlobalHoldouts,
         reasons: &mut Reasons,
     ) -> FlagChoice {
         let config = self.config;
+        let held = self.global_holdout(flag, globals, reasons);
+        if let Some(h) = held {
+            let holdout = &config.holdouts[h.holdout];
+            if !holdout.exclude_targeted_deliveries {
+                return FlagChoice::holdout(h);
+            }
+            reasons.add(|| {
+                format!(
+                    "Holdout '{}' excludes targeted deliveries. Targeted delivery rules will be evaluated.",
+                    holdout.key
+                )
+            });
+        }
         for &e in &flag.experiments {
-            let rule_key = config.experiments[e].key.as_str();
-            if let Some(v) = self.forced_decision(flag, Some(rule_key), reasons) {
+            let exp = &config.experiments[e];
+            if held.is_some() && exp.kind.as_deref() != Some("td") {
+                continue;
+            }
+            if let Some(v) = self.forced_decision(flag, Some(&exp.key), reasons) {
                 return FlagChoice {
-                    rule: Some(e),
-                    variation: Some(v),
-                    source: DecisionSource::FeatureTest,
+                    held,
+                    ..FlagChoice::variation(Some(e), v, DecisionSource::FeatureTest)
                 };
+            }
+            if let Some(h) = self.local_holdout(exp, "experiment", reasons) {
+                return FlagChoice::holdout(h);
             }
             if let Some(v) = self.experiment_variation(e, sticky, reasons) {
                 return FlagChoice {
-                    rule: Some(e),
-                    variation: Some((e, v)),
-                    source: DecisionSource::FeatureTest,
+                    held,
+                    ..FlagChoice::variation(Some(e), (e, v), DecisionSource::FeatureTest)
                 };
             }
             if sticky.cmab.halted() {
                 return FlagChoice::default();
             }
         }
-        self.rollout_choice(flag, reasons)
+        if let Some(h) = held {
+            reasons.add(|| {
+                format!(
+                    "Holdout \"{}\" has excludeTargetedDeliveries enabled, continuing to rollout evaluation.",
+                    config.holdouts[h.holdout].key
+                )
+            });
+        }
+        FlagChoice {
+            held,
+            ..self.rollout_choice(flag, reasons)
+        }
     }
 
     fn rollout_choice(&self, flag: &FeatureFlag, reasons: &mut Reasons) -> FlagChoice {
         let none = FlagChoice {
-            rule: None,
-            variation: None,
             source: DecisionSource::Rollout,
+            ..FlagChoice::default()
         };
         let Some(r) = flag.rollout else { return none };
         let rules = &self.config.rollouts[r].rules;
@@ -245,11 +316,10 @@ impl Decider<'_> {
             let idx = rules[i];
             let rule = &self.config.experiments[idx];
             if let Some(v) = self.forced_decision(flag, Some(&rule.key), reasons) {
-                return FlagChoice {
-                    rule: Some(idx),
-                    variation: Some(v),
-                    source: DecisionSource::Rollout,
-                };
+                return FlagChoice::variation(Some(idx), v, DecisionSource::Rollout);
+            }
+            if let Some(h) = self.local_holdout(rule, "delivery", reasons) {
+                return FlagChoice::holdout(h);
             }
             let everyone_else = i == rules.len() - 1;
             let label = RuleLabel {
@@ -266,11 +336,7 @@ impl Decider<'_> {
                     reasons.add(|| {
                         format!("User \"{user_id}\" bucketed into a targeting rule {label}.")
                     });
-                    return FlagChoice {
-                        rule: Some(idx),
-                        variation: Some((idx, v)),
-                        source: DecisionSource::Rollout,
-                    };
+                    return FlagChoice::variation(Some(idx), (idx, v), DecisionSource::Rollout);
                 }
                 if !everyone_else {
                     reasons.add(|| format!(
@@ -287,7 +353,8 @@ impl Decider<'_> {
         none
     }
 
-    /// The flag decision for a choice: enabled, typed variables, reasons, and its impression.
+    /// The flag decision for a choice: enabled, typed variables, reasons, and its impressions
+    /// (an excluded-deliveries holdout's first, then the answer's).
     fn answer(
         &self,
         flag: &FeatureFlag,
@@ -298,46 +365,70 @@ impl Decider<'_> {
         stamp: &mut dyn EventStamp,
     ) -> FlagDecision {
         let config = self.config;
-        let variation = choice
-            .variation
-            .map(|(e, v)| &config.experiments[e].variations[v]);
         let rule = choice.rule.map(|e| &config.experiments[e]);
+        let (variation, holdout) = match choice.served {
+            Some(Served::Variation(e, v)) => (Some(&config.experiments[e].variations[v]), None),
+            Some(Served::Holdout(h)) => {
+                let holdout = &config.holdouts[h.holdout];
+                (Some(&holdout.variations[h.variation]), Some(holdout))
+            }
+            None => (None, None),
+        };
+        let rule_key = holdout.map(|h| &h.key).or(rule.map(|r| &r.key));
         let enabled = variation.is_some_and(|v| v.feature_enabled);
-        if !options.disable_decision_event
-            && (choice.source == DecisionSource::FeatureTest || config.send_flag_decisions)
-        {
-            let recorded = variation.and_then(|v| self.flag_variation_by_id(flag, &v.id));
-            events.push(impression(
-                config,
-                &self.user.user_id,
-                &self.user.attributes,
-                Impression {
-                    experiment: rule,
-                    variation: recorded,
-                    flag_key: &flag.key,
-                    rule_key: rule.map_or("", |r| r.key.as_str()),
-                    rule_type: choice.source.as_str(),
-                    enabled,
-                },
-                stamp,
-            ));
+        if !options.disable_decision_event {
+            if let Some(h) = choice.held.filter(|_| holdout.is_none()) {
+                events.push(self.holdout_impression(flag, h, stamp));
+            }
+            if choice.source != DecisionSource::Rollout || config.send_flag_decisions {
+                let event = match choice.served {
+                    Some(Served::Holdout(h)) => self.holdout_impression(flag, h, stamp),
+                    _ => {
+                        let recorded =
+                            variation.and_then(|v| self.flag_variation_by_id(flag, &v.id));
+                        let (experiment_id, layer_id) = Impression::ids_of(rule);
+                        impression(
+                            config,
+                            &self.user.user_id,
+                            &self.user.attributes,
+                            Impression {
+                                experiment_id,
+                                layer_id,
+                                variation: recorded,
+                                flag_key: &flag.key,
+                                rule_key: rule_key.map_or("", String::as_str),
+                                rule_type: choice.source.as_str(),
+                                enabled,
+                            },
+                            stamp,
+                        )
+                    }
+                };
+                events.push(event);
+            }
         }
         let mut variables = Map::new();
         if !options.exclude_variables {
+            // Values come from the variation with this id wherever the datafile defines one
+            // (a holdout's own are never indexed); none at all casts like the SDK casts `None`.
             let usage = variation.and_then(|v| config.variable_usage(&v.id));
             for var in &flag.variables {
-                let raw = match (enabled, usage) {
-                    (true, Some(u)) => u.variables.get(&var.id).unwrap_or(&var.default_value),
-                    _ => &var.default_value,
+                let value = match (enabled, usage) {
+                    (false, _) => typed_value(&var.default_value, var.kind),
+                    (true, Some(u)) => typed_value(
+                        u.variables.get(&var.id).unwrap_or(&var.default_value),
+                        var.kind,
+                    ),
+                    (true, None) => typed_null(var.kind),
                 };
-                variables.insert(var.key.clone(), typed_value(raw, var.kind));
+                variables.insert(var.key.clone(), value);
             }
         }
         FlagDecision {
             flag_key: flag.key.clone(),
             enabled,
             variation_key: variation.map(|v| v.key.clone()),
-            rule_key: rule.map(|r| r.key.clone()),
+            rule_key: rule_key.cloned(),
             variables,
             reasons: reasons.take(),
         }

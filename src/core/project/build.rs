@@ -1,16 +1,19 @@
 //! Compiling a raw datafile into a [`ProjectConfig`], one step per datafile section: audiences,
 //! experiments and groups, rollouts, flags (with the feature-rollout injection), variable usage,
-//! attributes and events, then the project settings. Each step reads the raw datafile and what
+//! holdouts (running ones only, local ones attached to the rules they name), attributes and
+//! events, then the project settings. Each step reads the raw datafile and what
 //! the earlier steps resolved; where ids or keys repeat, the later entry wins but keeps the first
 //! position, as in the official SDKs.
 
 use super::{
-    Attribute, Event, Experiment, ExperimentIdx, FeatureFlag, Group, ProjectConfig, Rollout,
-    Variable, Variation,
+    Attribute, Event, Experiment, ExperimentIdx, FeatureFlag, Group, Holdout, HoldoutIdx,
+    ProjectConfig, Rollout, Variable, Variation,
 };
-use crate::core::audience::{Audience, Tree};
+use crate::core::audience::{Audience, AudienceRefs, Tree};
 use crate::core::bucketing::Slice;
-use crate::core::datafile::{DatafileError, RawDatafile, RawExperiment, RawTrafficAllocation};
+use crate::core::datafile::{
+    DatafileError, RawDatafile, RawExperiment, RawHoldout, RawTrafficAllocation,
+};
 use crate::core::events::EventContext;
 use crate::core::variables::VariableType;
 use rustc_hash::FxHashMap;
@@ -71,6 +74,8 @@ pub(super) fn build(raw: RawDatafile, text: String) -> Result<ProjectConfig, Dat
     let rollouts = rollouts(&raw, &mut experiments, &experiment_by_id);
     let flags = flags(&raw, &mut experiments, &experiment_by_id, &rollouts)?;
     let variable_usage = variable_usage(&experiments);
+    let (holdouts, global_holdouts) =
+        holdouts(&raw, &audiences, &mut experiments, &experiment_by_id);
     let attributes = attributes(&raw);
     let events = events(&raw);
 
@@ -104,6 +109,8 @@ pub(super) fn build(raw: RawDatafile, text: String) -> Result<ProjectConfig, Dat
         events: events.items,
         flags: flags.items,
         rollouts: rollouts.items,
+        holdouts,
+        global_holdouts,
         datafile: text,
         experiment_by_id,
         experiment_by_key,
@@ -165,13 +172,10 @@ fn experiments_and_groups(raw: &RawDatafile, audiences: &Indexed<Audience>) -> R
         }
     }
 
-    let resolve_audience = |v: &Value| -> Tree<Option<usize>> {
-        Tree::Leaf(v.as_str().and_then(|id| audiences.get(id)))
-    };
     let experiments = staged
         .items
         .iter()
-        .map(|(e, group)| compile_experiment(e, *group, &resolve_audience))
+        .map(|(e, group)| compile_experiment(e, *group, audiences))
         .collect();
     let groups = raw_groups
         .items
@@ -341,6 +345,83 @@ fn variable_usage(experiments: &[Experiment]) -> FxHashMap<String, (ExperimentId
     usage
 }
 
+/// Running holdouts: the global ones (`holdouts`, whose `includedRules` is ignored) in order,
+/// then the local ones (`localHoldouts`; an entry without `includedRules` is skipped), each local
+/// one appended to the holdout list of every known rule it names (once per mention). Returns the
+/// holdouts and the indexes of the global ones.
+fn holdouts(
+    raw: &RawDatafile,
+    audiences: &Indexed<Audience>,
+    experiments: &mut [Experiment],
+    experiment_by_id: &FxHashMap<String, ExperimentIdx>,
+) -> (Vec<Holdout>, Vec<HoldoutIdx>) {
+    let running = |h: &&RawHoldout| h.status == "Running";
+    let mut holdouts: Vec<Holdout> = raw
+        .holdouts
+        .iter()
+        .filter(running)
+        .map(|h| compile_holdout(h, audiences))
+        .collect();
+    let global = (0..holdouts.len()).collect();
+    for h in raw.local_holdouts.iter().filter(running) {
+        let Some(rules) = &h.included_rules else {
+            continue;
+        };
+        let idx = holdouts.len();
+        holdouts.push(compile_holdout(h, audiences));
+        for rule in rules.iter().filter_map(Value::as_str) {
+            if let Some(&e) = experiment_by_id.get(rule) {
+                experiments[e].holdouts.push(idx);
+            }
+        }
+    }
+    (holdouts, global)
+}
+
+fn compile_holdout(h: &RawHoldout, audiences: &Indexed<Audience>) -> Holdout {
+    let variations: Vec<Variation> = h
+        .variations
+        .iter()
+        .map(|v| Variation {
+            id: v.id.clone(),
+            key: v.key.clone(),
+            feature_enabled: v.feature_enabled,
+            variables: FxHashMap::default(),
+        })
+        .collect();
+    // The SDK finds a holdout's variation in a map by id: a repeated id means the last one.
+    let traffic = slices(&h.traffic_allocation, |id| {
+        variations.iter().rposition(|v| v.id == id)
+    });
+    Holdout {
+        id: h.id.clone(),
+        key: h.key.clone(),
+        variations,
+        traffic,
+        audiences: audience_refs(&h.audience_ids, h.audience_conditions.as_ref(), audiences),
+        exclude_targeted_deliveries: h.exclude_targeted_deliveries,
+    }
+}
+
+/// The audience combination of a rule or holdout: `audienceConditions` when present and not
+/// `null`, else `audienceIds`; `None` (everyone) when that is an empty list.
+fn audience_refs(
+    audience_ids: &[Value],
+    audience_conditions: Option<&Value>,
+    audiences: &Indexed<Audience>,
+) -> Option<AudienceRefs> {
+    let combined = match audience_conditions {
+        Some(Value::Null) | None => Value::Array(audience_ids.to_vec()),
+        Some(c) => c.clone(),
+    };
+    match &combined {
+        Value::Array(a) if a.is_empty() => None,
+        other => Some(Tree::compile(other, &mut |v: &Value| {
+            Tree::Leaf(v.as_str().and_then(|id| audiences.get(id)))
+        })),
+    }
+}
+
 /// Declared attributes, by key.
 fn attributes(raw: &RawDatafile) -> Indexed<Attribute> {
     let mut attributes = Indexed::new();
@@ -385,7 +466,7 @@ fn slices<T>(raw: &[RawTrafficAllocation], resolve: impl Fn(&str) -> Option<T>) 
 fn compile_experiment(
     e: &RawExperiment,
     group: Option<usize>,
-    resolve_audience: &impl Fn(&Value) -> Tree<Option<usize>>,
+    audiences: &Indexed<Audience>,
 ) -> Experiment {
     let variations: Vec<Variation> = e
         .variations
@@ -404,14 +485,7 @@ fn compile_experiment(
     let traffic = slices(&e.traffic_allocation, |id| {
         variations.iter().position(|v| v.id == id)
     });
-    let combined = match &e.audience_conditions {
-        Some(Value::Null) | None => Value::Array(e.audience_ids.clone()),
-        Some(c) => c.clone(),
-    };
-    let audiences = match &combined {
-        Value::Array(a) if a.is_empty() => None,
-        other => Some(Tree::compile(other, &mut |v: &Value| resolve_audience(v))),
-    };
+    let audiences = audience_refs(&e.audience_ids, e.audience_conditions.as_ref(), audiences);
     Experiment {
         id: e.id.clone(),
         key: e.key.clone(),
@@ -436,5 +510,6 @@ fn compile_experiment(
         is_feature_test: false,
         is_rollout_rule: false,
         cmab: crate::core::decide::Cmab::compile(e.cmab.as_ref()),
+        holdouts: Vec::new(),
     }
 }
