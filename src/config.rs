@@ -7,7 +7,7 @@
 mod agent_api;
 mod raw;
 
-pub use agent_api::{AgentApiSettings, OdpSettings};
+pub use agent_api::{AgentApiSettings, OdpSettings, SegmentsCacheConfig};
 
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use std::collections::HashMap;

@@ -738,3 +738,98 @@ async fn the_event_stream_reports_new_datafile_revisions_and_feature_activations
     );
     app.stop().await;
 }
+
+/// `api.odp.segments_cache = "redis://..."`: segments another daemon or an Agent cached under
+/// `fs_user_id-$-<user>` are used without asking ODP; fetched ones are written there;
+/// `RESET_CACHE` empties the shared cache and fetches again.
+#[tokio::test]
+async fn decide_shares_fetched_segments_through_redis() {
+    let Some(url) = backends::testing::env_or_skip("BUCKETD_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("bucketd-test-seg-{}:", uuid::Uuid::new_v4());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let cached = |user: &str| format!("{prefix}fs_user_id-$-{user}");
+    let _: () = redis::cmd("SET")
+        .arg(cached("seg-r1"))
+        .arg(r#"["vip"]"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let odp = odp_stand_in_qualifying(&["vip"]).await;
+    let dir = common::scratch("odp-redis-df");
+    let mut df: Value = serde_json::from_str(include_str!("../examples/datafile.json")).unwrap();
+    df["integrations"] =
+        json!([{"key": "odp", "host": "https://odp.invalid", "publicKey": "pub-7"}]);
+    df["audiences"][0]["conditions"] = json!(
+        "[\"and\", {\"type\": \"third_party_dimension\", \"name\": \"odp.audiences\", \"match\": \"qualified\", \"value\": \"vip\"}]"
+    );
+    let path = dir.join("odp.json");
+    std::fs::write(&path, df.to_string()).unwrap();
+    let app = spawn_app(
+        "odp-redis",
+        &[
+            ("BUCKETD__DATAFILE__PATH", path.display().to_string()),
+            ("BUCKETD__DATAFILE__SDK_KEY", KEY.to_string()),
+            ("BUCKETD__API__ODP__HOST", odp.url.clone()),
+            ("BUCKETD__API__ODP__SEGMENTS_CACHE", url.clone()),
+            ("BUCKETD__API__ODP__SEGMENTS_CACHE_PREFIX", prefix.clone()),
+        ],
+    )
+    .await;
+    let rule = |text: &str| serde_json::from_str::<Value>(text).unwrap()["ruleKey"].clone();
+
+    let (status, text) = decide_text(&app, "seg-r1", json!({"fetchSegments": true})).await;
+    assert_eq!(
+        (status, rule(&text)),
+        (200, json!("platinum_rollout")),
+        "{text}"
+    );
+    assert!(odp.seen.lock().unwrap().is_empty(), "served from Redis");
+
+    let (status, text) = decide_text(&app, "seg-r2", json!({"fetchSegments": true})).await;
+    assert_eq!(
+        (status, rule(&text)),
+        (200, json!("platinum_rollout")),
+        "{text}"
+    );
+    assert_eq!(odp.seen.lock().unwrap().len(), 1, "a miss is fetched");
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(cached("seg-r2"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(r#"["vip"]"#));
+
+    let _: () = redis::cmd("SET")
+        .arg(cached("seg-r1"))
+        .arg(r#"["stale"]"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (status, text) = decide_text(
+        &app,
+        "seg-r1",
+        json!({"fetchSegments": true, "fetchSegmentsOptions": ["RESET_CACHE"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, rule(&text)),
+        (200, json!("platinum_rollout")),
+        "{text}"
+    );
+    assert_eq!(odp.seen.lock().unwrap().len(), 2, "reset: fetched again");
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(cached("seg-r1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(r#"["vip"]"#),
+        "the fresh answer replaced the stale one"
+    );
+    app.stop().await;
+}

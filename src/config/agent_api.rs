@@ -58,6 +58,11 @@ pub struct OdpSection {
     pub enabled: bool,
     /// Send ODP requests here instead of the datafile's host ("" = the datafile's).
     pub host: String,
+    /// Where fetched segments are kept: "memory" (per daemon) or a `redis://` / `rediss://` URL
+    /// (shared by daemons and Agents on that Redis; keys `fs_user_id-$-<user>` as the Agent's).
+    pub segments_cache: String,
+    /// A prefix for the Redis segment keys ("" = the Agent's keys exactly).
+    pub segments_cache_prefix: String,
     /// Users whose qualified segments are kept in memory.
     pub segments_cache_size: u64,
     #[serde(with = "humantime_serde")]
@@ -74,6 +79,8 @@ impl Default for OdpSection {
         Self {
             enabled: true,
             host: String::new(),
+            segments_cache: "memory".into(),
+            segments_cache_prefix: String::new(),
             segments_cache_size: 10_000,
             segments_cache_timeout: Duration::from_secs(600),
             events_queue: 10_000,
@@ -87,6 +94,7 @@ impl Default for OdpSection {
 pub struct OdpSettings {
     pub enabled: bool,
     pub host: Option<String>,
+    pub segments_cache: SegmentsCacheConfig,
     pub segments_cache_size: u64,
     pub segments_cache_timeout: Duration,
     pub events_queue: usize,
@@ -99,6 +107,7 @@ impl Default for OdpSettings {
         Self {
             enabled: o.enabled,
             host: None,
+            segments_cache: SegmentsCacheConfig::Memory,
             segments_cache_size: o.segments_cache_size,
             segments_cache_timeout: o.segments_cache_timeout,
             events_queue: o.events_queue,
@@ -107,15 +116,39 @@ impl Default for OdpSettings {
     }
 }
 
+/// Where fetched ODP segments are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentsCacheConfig {
+    Memory,
+    Redis { url: String, prefix: String },
+}
+
 /// Validates `[api.odp]`.
 pub fn validate_odp(o: &OdpSection) -> Result<OdpSettings, ConfigError> {
     let host = o.host.trim().trim_end_matches('/');
     if !(host.is_empty() || host.starts_with("http://") || host.starts_with("https://")) {
         return Err(invalid("api.odp.host", "must be an http(s) URL or \"\""));
     }
+    let cache = o.segments_cache.trim();
+    let segments_cache = if cache == "memory" {
+        SegmentsCacheConfig::Memory
+    } else if url::Url::parse(cache)
+        .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some())
+    {
+        SegmentsCacheConfig::Redis {
+            url: cache.to_string(),
+            prefix: o.segments_cache_prefix.clone(),
+        }
+    } else {
+        return Err(invalid(
+            "api.odp.segments_cache",
+            "must be \"memory\" or a redis:// or rediss:// URL",
+        ));
+    };
     Ok(OdpSettings {
         enabled: o.enabled,
         host: (!host.is_empty()).then(|| host.to_string()),
+        segments_cache,
         segments_cache_size: o.segments_cache_size,
         segments_cache_timeout: o.segments_cache_timeout,
         events_queue: positive("api.odp.events_queue", o.events_queue)?,

@@ -3,9 +3,12 @@
 //! fetching a user's qualified segments (GraphQL, cached per user) and sending ODP events (a
 //! bounded queue drained by one background sender, batches of up to [`EVENT_BATCH`]).
 
+mod segment_cache;
+
 use super::{PinnedProject, Service};
 use crate::config::OdpSettings;
-use moka::future::Cache;
+use crate::config::SegmentsCacheConfig;
+pub use segment_cache::{user_key, SegmentCache, SegmentCacheError};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -151,7 +154,7 @@ pub struct Odp {
     http: reqwest::Client,
     /// Per project: the datafile text's address and the integration parsed from it.
     integrations: Mutex<Vec<Option<ParsedIntegration>>>,
-    segments: Cache<(usize, String), Arc<Vec<String>>>,
+    segments: SegmentCache,
     events: Mutex<Option<mpsc::Sender<Outgoing>>>,
 }
 
@@ -162,11 +165,26 @@ impl Odp {
             .timeout(settings.request_timeout)
             .build()
             .unwrap_or_default();
+        let memory = || {
+            SegmentCache::memory(
+                settings.segments_cache_size,
+                settings.segments_cache_timeout,
+            )
+        };
+        let segments = match &settings.segments_cache {
+            SegmentsCacheConfig::Memory => memory(),
+            SegmentsCacheConfig::Redis { url, prefix } => {
+                match SegmentCache::redis(url, prefix, settings.segments_cache_timeout) {
+                    Ok(cache) => cache,
+                    Err(e) => {
+                        tracing::error!(error = %e, "ODP segments are cached in memory instead");
+                        memory()
+                    }
+                }
+            }
+        };
         Self {
-            segments: Cache::builder()
-                .max_capacity(settings.segments_cache_size)
-                .time_to_live(settings.segments_cache_timeout)
-                .build(),
+            segments,
             settings,
             http,
             integrations: Mutex::new(vec![None; projects]),
@@ -358,17 +376,16 @@ impl Odp {
             return Ok(Vec::new());
         }
         if options.reset_cache {
-            self.segments.invalidate_all();
+            self.segments.reset().await;
         }
-        let key = (project, user_id.to_string());
         if !options.ignore_cache {
-            if let Some(found) = self.segments.get(&key).await {
-                return Ok(found.as_ref().clone());
+            if let Some(found) = self.segments.get(project, user_id).await {
+                return Ok(found);
             }
         }
         let found = self.fetch(odp, user_id).await?;
         if !options.ignore_cache {
-            self.segments.insert(key, Arc::new(found.clone())).await;
+            self.segments.put(project, user_id, &found).await;
         }
         Ok(found)
     }
