@@ -4,7 +4,9 @@
 # ratio. Usage: benches/http_load.sh [duration=10s] [connections=64]
 #
 # Scenarios: /bucketer with profiles=none (stateless), with the embedded memory store, and the
-# bare hyper baseline. Extra scenarios (e.g. a Redis store) can be added with SCENARIOS.
+# bare hyper baseline; Redis with and without a read cache; and events.ack durable (the default:
+# each answer waits for its impression's group-committed fsync) against fast (no wait), in the
+# same run. ONLY_ACK=1 runs just the durable/fast pair.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
@@ -48,24 +50,38 @@ run() { # name url
   echo "$rps"
 }
 
+if [ "${ONLY_ACK:-}" = 1 ]; then
+  start_bucketd 18091 none
+  start_bucketd 18095 none BUCKETD__EVENTS__ACK=fast
+  for p in 18091 18095; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
+  echo "wrk: $THREADS thread(s), $CONNS connections, $DURATION per scenario, $(nproc) cores" >&2
+  dur=$(run "bucketd ack=durable" "http://127.0.0.1:18091$URL_PATH")
+  fast=$(run "bucketd ack=fast" "http://127.0.0.1:18095$URL_PATH")
+  awk -v d="$dur" -v f="$fast" 'BEGIN { printf "durable / fast: %.2f\n", d/f }' >&2
+  exit 0
+fi
+
 ./target/release/examples/bare_hyper 127.0.0.1:18090 2>/dev/null & pids+=($!)
 sleep 0.5
 start_bucketd 18091 none
 start_bucketd 18092 memory
+start_bucketd 18095 none BUCKETD__EVENTS__ACK=fast
 REDIS_URL=${BUCKETD_TEST_REDIS_URL:-}
 if [ -z "$REDIS_URL" ]; then eval "$(bash .ci/servers/redis.sh)"; REDIS_URL=$BUCKETD_TEST_REDIS_URL; fi
 start_bucketd 18093 redis BUCKETD__PROFILES__URL="$REDIS_URL" BUCKETD__PROFILES__KEY_PREFIX="bench:$$:"
 start_bucketd 18094 redis BUCKETD__PROFILES__URL="$REDIS_URL" BUCKETD__PROFILES__KEY_PREFIX="bench:$$:" \
   BUCKETD__PROFILES__CACHE_CAPACITY=100000
 # Warm up each server once.
-for p in 18090 18091 18092 18093 18094; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
+for p in 18090 18091 18092 18093 18094 18095; do curl -fs "http://127.0.0.1:$p$URL_PATH" >/dev/null || true; done
 
 echo "wrk: $THREADS thread(s), $CONNS connections, $DURATION per scenario, $(nproc) cores" >&2
 bare=$(run "bare hyper (baseline)" "http://127.0.0.1:18090$URL_PATH")
-none=$(run "bucketd profiles=none" "http://127.0.0.1:18091$URL_PATH")
+none=$(run "bucketd profiles=none (durable)" "http://127.0.0.1:18091$URL_PATH")
+fast=$(run "bucketd none, ack=fast" "http://127.0.0.1:18095$URL_PATH")
 mem=$(run "bucketd profiles=memory" "http://127.0.0.1:18092$URL_PATH")
 red=$(run "bucketd profiles=redis" "http://127.0.0.1:18093$URL_PATH")
 redc=$(run "bucketd redis + read cache" "http://127.0.0.1:18094$URL_PATH")
-awk -v b="$bare" -v n="$none" -v m="$mem" -v r="$red" -v c="$redc" 'BEGIN {
+awk -v b="$bare" -v n="$none" -v m="$mem" -v r="$red" -v c="$redc" -v f="$fast" 'BEGIN {
+  printf "durable / fast acknowledgement: %.2f\n", n/f
   printf "ratio to bare hyper: profiles=none %.2f, memory %.2f\n", n/b, m/b
   printf "ratio to stateless bucketd: redis %.2f, redis + read cache %.2f\n", r/n, c/n }' >&2

@@ -143,10 +143,16 @@ impl App {
             .map_err(StartError::Flusher)?;
             workers.spawn(flusher.run(workers_cancel.clone()));
         }
+        let channel = pipeline::ChannelSettings {
+            capacity: settings.events.channel_capacity,
+            max_bytes: settings.events.channel_max_bytes,
+            ack: settings.events.ack,
+            ack_timeout: settings.events.ack_timeout,
+        };
         let (sink, producer) = pipeline::producer(
             queue,
             spool,
-            settings.events.channel_capacity,
+            channel,
             metrics.clone(),
             workers_cancel.clone(),
         );
@@ -173,8 +179,22 @@ impl App {
                 max_query_bytes: settings.server.max_query_bytes,
                 max_attributes: settings.server.max_attributes,
                 header_read_timeout: settings.server.header_read_timeout,
+                max_datafile_bytes: settings
+                    .projects
+                    .iter()
+                    .map(|p| p.max_bytes)
+                    .max()
+                    .unwrap_or(0),
                 admin_token: settings.admin_token.clone(),
                 agent_api: settings.agent_api.clone(),
+                connections: crate::http::ConnectionLimits {
+                    max_connections: settings.server.max_connections,
+                    idle_timeout: settings.server.idle_timeout,
+                    http2_max_concurrent_streams: settings.server.http2_max_concurrent_streams,
+                    http2_max_header_list_bytes: settings.server.http2_max_header_list_bytes,
+                    http2_keep_alive_interval: settings.server.http2_keep_alive_interval,
+                    http2_keep_alive_timeout: settings.server.http2_keep_alive_timeout,
+                },
             },
         ));
         Ok(Self {

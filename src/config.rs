@@ -76,6 +76,8 @@ pub struct ProjectSettings {
     /// Where the last good datafile is kept (used at start when the source is unreachable).
     pub cache_path: PathBuf,
     pub webhook_secret: Option<Secret>,
+    /// Largest datafile accepted from any source (URL, file, webhook refresh, admin push).
+    pub max_bytes: usize,
 }
 
 /// HTTP server settings.
@@ -88,6 +90,14 @@ pub struct ServerSettings {
     pub max_query_bytes: usize,
     pub max_attributes: usize,
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection with nothing in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once, already lowered to the descriptor limit minus `fd_reserve`.
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_bytes: u32,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
 }
 
 /// Log output format.
@@ -129,6 +139,12 @@ pub struct EventSettings {
     pub spool: Option<EventQueueConfig>,
     /// In-process buffer between requests and the queue producer.
     pub channel_capacity: usize,
+    /// When a request that records events is answered (`events.ack`).
+    pub ack: crate::pipeline::AckMode,
+    /// Longest wait for the events to be durable before the request answers 503.
+    pub ack_timeout: Duration,
+    /// Bound on the record bytes in the in-process buffer.
+    pub channel_max_bytes: usize,
 }
 
 /// Flusher settings.
@@ -250,7 +266,31 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         max_body_bytes: nonzero("server.max_body_bytes", raw.server.max_body_bytes)?,
         max_query_bytes: nonzero("server.max_query_bytes", raw.server.max_query_bytes)?,
         max_attributes: nonzero("server.max_attributes", raw.server.max_attributes)?,
-        header_read_timeout: raw.server.header_read_timeout,
+        header_read_timeout: nonzero_duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout,
+        )?,
+        idle_timeout: nonzero_duration("server.idle_timeout", raw.server.idle_timeout)?,
+        max_connections: crate::http::listener::max_connections(
+            nonzero("server.max_connections", raw.server.max_connections)?,
+            raw.server.fd_reserve,
+        ),
+        http2_max_concurrent_streams: nonzero(
+            "server.http2_max_concurrent_streams",
+            raw.server.http2_max_concurrent_streams,
+        )?,
+        http2_max_header_list_bytes: nonzero(
+            "server.http2_max_header_list_bytes",
+            raw.server.http2_max_header_list_bytes,
+        )?,
+        http2_keep_alive_interval: nonzero_duration(
+            "server.http2_keep_alive_interval",
+            raw.server.http2_keep_alive_interval,
+        )?,
+        http2_keep_alive_timeout: nonzero_duration(
+            "server.http2_keep_alive_timeout",
+            raw.server.http2_keep_alive_timeout,
+        )?,
     };
 
     let mut projects = Vec::new();
@@ -389,6 +429,7 @@ fn project(
             .clone()
             .filter(|s| !s.is_empty())
             .map(Secret),
+        max_bytes: nonzero(&format!("{key}.max_bytes"), d.max_bytes)?,
     })
 }
 

@@ -6,11 +6,15 @@
 //! method, path, metric label and handler; [`middleware`] holds what applies to every request
 //! (limits today). Handlers parse and validate input, call [`crate::service::Service`] and
 //! answer with typed response structs; every failure is an [`error::ApiError`] rendered as
-//! `{"error": "..."}` with its status.
+//! `{"error": "..."}` with its status. [`listener`] bounds the connections (eviction of silent
+//! ones, shedding, descriptor exhaustion) and [`conn`] each connection's time without a
+//! request; HTTP/2 gets a keep-alive ping, a stream bound and a header-list bound.
 
 pub mod agent;
 pub mod bucketer;
+pub mod conn;
 pub mod error;
+pub mod listener;
 pub mod middleware;
 pub mod ops;
 pub mod params;
@@ -42,9 +46,25 @@ pub struct HttpConfig {
     pub max_query_bytes: usize,
     pub max_attributes: usize,
     pub header_read_timeout: Duration,
+    /// The largest `datafile.max_bytes` of the projects (bounds an admin push's body).
+    pub max_datafile_bytes: usize,
     pub admin_token: Option<Secret>,
     /// Bounds of `/v1/batch` (and the notification switch, which the service holds).
     pub agent_api: AgentApiSettings,
+    /// Bounds of connections (see [`listener`] and [`conn`]).
+    pub connections: ConnectionLimits,
+}
+
+/// How long connections may stay, and how many (from the `server` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Already lowered to fit the descriptor limit.
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_bytes: u32,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
 }
 
 /// What every handler can reach: the service, and the HTTP layer's own settings split by who
@@ -59,6 +79,7 @@ pub struct HttpState {
     pub(crate) admin_token: Option<Secret>,
     /// Bounds of `/v1/batch`.
     pub(crate) agent_api: AgentApiSettings,
+    pub(crate) connections: ConnectionLimits,
 }
 
 impl HttpState {
@@ -72,10 +93,12 @@ impl HttpState {
                 max_query_bytes: config.max_query_bytes,
                 max_attributes: config.max_attributes,
                 header_read_timeout: config.header_read_timeout,
+                max_datafile_bytes: config.max_datafile_bytes,
             },
             trust_forwarded_for: config.trust_forwarded_for,
             admin_token: config.admin_token,
             agent_api: config.agent_api,
+            connections: config.connections,
         }
     }
 }
@@ -88,17 +111,37 @@ pub async fn handle(
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let metrics = state.metrics.clone();
-    let (label, result) = match state.limits.check_query(&req) {
-        Err(e) => (crate::metrics::Route::Other, Err(e)),
-        Ok(()) => routes::dispatch(state, req, peer).await,
+    let ((label, result), unrecorded) = crate::pipeline::ack::track(async {
+        match state.limits.check_query(&req) {
+            Err(e) => (crate::metrics::Route::Other, Err(e)),
+            Ok(()) => routes::dispatch(state, req, peer).await,
+        }
+    })
+    .await;
+    let resp = match (result, unrecorded) {
+        // Durable acknowledgement: a 2xx promises the request's events are recorded. When
+        // they are not, the client gets a retryable 503 instead (decisions are deterministic,
+        // so a retry gets the same answer and records the event then).
+        (Ok(resp), Some(why)) if resp.status().is_success() => unrecorded_response(why),
+        (Ok(resp), _) => resp,
+        (Err(e), _) => error_response(&e),
     };
-    let resp = result.unwrap_or_else(|e| error_response(&e));
     metrics.http_request(
         label,
         resp.status().as_str(),
         started.elapsed().as_secs_f64(),
     );
     Ok(resp)
+}
+
+/// The 503 of a request whose events could not be made durable.
+fn unrecorded_response(why: crate::pipeline::NotRecorded) -> Resp {
+    let mut resp = error_response(&error::ApiError::Unavailable(format!("{why}; retry later")));
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// Accepts connections until `cancel`, then lets in-flight requests finish within `grace`.
@@ -108,34 +151,84 @@ pub async fn serve(
     cancel: CancellationToken,
     grace: Duration,
 ) {
+    let limits = state.connections;
+    let first_request = state.limits.header_read_timeout;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
+        .header_read_timeout(first_request)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keep_alive_interval))
+        .keep_alive_timeout(limits.http2_keep_alive_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.http2_max_header_list_bytes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let registry = listener::Registry::new(limits.max_connections);
+    let mut backoff = listener::AcceptBackoff::default();
+    tracing::info!(
+        max_connections = limits.max_connections,
+        "accepting connections"
+    );
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff.reset();
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = backoff.failed(&e);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                     continue;
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let conn = conn::Conn::new();
+        let slot = match registry.admit(&conn) {
+            listener::Admission::Open(slot) => slot,
+            listener::Admission::Shed => {
+                // Best effort, never waiting: the socket buffer of a new connection has room.
+                let _ = stream.try_write(listener::SHED_RESPONSE);
+                state.metrics.connection_closed("shed");
+                continue;
             }
+        };
+        state.metrics.connections_open.set(registry.open() as i64);
+        let _ = stream.set_nodelay(true);
+        let served = conn.clone();
+        let handler_state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let busy = served.request_started();
+            let state = handler_state.clone();
+            async move {
+                let resp = handle(state, req, peer).await?;
+                Ok::<_, Infallible>(conn::Conn::request_answered(resp, busy))
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection.into_owned());
+        let metrics = state.metrics.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = watched => if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                why = conn.watch(first_request, limits.idle_timeout) => {
+                    tracing::debug!(%peer, reason = why.label(), "connection closed by the server");
+                    metrics.connection_closed(why.label());
+                }
+            }
+            drop(slot);
+            metrics.connections_open.set(registry.open() as i64);
         });
     }
     drop(listener);

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub flusher_retries: IntCounter,
     pub flusher_dead_lettered: IntCounter,
     pub flusher_request_latency: HistogramVec,
+    pub connections_open: IntGauge,
+    pub connections_closed: IntCounterVec,
     pub up: Gauge,
     routes: Vec<RouteHandles>,
     /// Handles of the `decisions` counters.
@@ -351,6 +353,19 @@ impl Metrics {
                     &["outcome"]
                 )
             ),
+            connections_open: register!(
+                r,
+                IntGauge::new("bucketd_connections_open", "HTTP connections open")
+                    .unwrap_or_else(|_| unreachable_metric())
+            ),
+            connections_closed: register!(
+                r,
+                counter_vec(
+                    "bucketd_connections_closed_total",
+                    "HTTP connections the server closed or refused, by reason (shed, no_request, idle, evicted)",
+                    &["reason"]
+                )
+            ),
             up: register!(
                 r,
                 Gauge::new("bucketd_up", "1 while the daemon runs")
@@ -360,6 +375,11 @@ impl Metrics {
             routes,
             decision_handles,
         }
+    }
+
+    /// Counts a connection the server closed or refused.
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
     }
 
     /// Counts one HTTP request and its latency.

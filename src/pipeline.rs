@@ -1,6 +1,7 @@
 //! The event pipeline: everything between a decision's events and the event endpoint.
 //!
-//! A request hands its events to the [`EventSender`] (never waiting); the [`producer`] task
+//! A request hands its events to the [`EventSender`] and, in durable mode, waits for its
+//! [`ack::Ack`] (the batch holding them fsynced or acknowledged by the broker); the [`producer`] task
 //! encodes them into queue records ([`record`]) and publishes them to the configured queue, or,
 //! while a remote queue is down, to the local disk [`spool`] that a forwarder drains. The
 //! [`Flusher`] reads the records back, decodes them, and posts them in bulk; what the endpoint
@@ -9,14 +10,16 @@
 //! Names: an *event* is the core's value ([`crate::core::UserEvent`]); a *record* is its
 //! encoded form in a queue ([`backends::Record`]).
 
+pub mod ack;
 pub mod dead_letter;
 pub mod flusher;
 pub mod producer;
 pub mod record;
 pub mod spool;
 
+pub use ack::{Ack, AckMode, NotRecorded};
 pub use flusher::{Flusher, FlusherError, CLIENT_NAME};
-pub use producer::{producer, EventSender};
+pub use producer::{producer, ChannelSettings, EventSender};
 
 use backends::{BackendError, EventQueue, Record};
 use std::time::Duration;

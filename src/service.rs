@@ -225,12 +225,18 @@ impl Service {
         Some(loaded.unwrap_or_else(|| UserProfile::new(user_id)))
     }
 
+    /// Records the events and saves the profile; returns once the events are durable (in
+    /// durable mode; a failure is noted for the HTTP layer, which answers 503).
     async fn finish(&self, changed: Option<UserProfile>, events: Vec<UserEvent>) {
-        if !events.is_empty() {
-            self.events.send(events);
-        }
+        // Handed over first, so the profile save overlaps the events' fsync / publish.
+        let recorded = (!events.is_empty()).then(|| self.events.send(events));
         if let Some(profile) = changed {
             self.profiles.save(&profile).await;
+        }
+        if let Some(ack) = recorded {
+            if let Err(why) = ack.wait().await {
+                tracing::debug!(%why, "events of a request not recorded");
+            }
         }
     }
 
@@ -335,7 +341,7 @@ impl Service {
             &mut Clock,
         )
         .ok_or_else(|| ServiceError::UnknownEvent(event_key.to_string()))?;
-        self.events.send(vec![event]);
+        self.finish(None, vec![event]).await;
         self.notify_track(snap, event_key, user_id, attributes, tags);
         Ok(TrackAnswer {
             event_key: event_key.to_string(),

@@ -4,7 +4,9 @@
 //! The newest valid datafile is swapped in atomically (`arc-swap`): requests in flight finish on
 //! the one they loaded. An invalid or unreachable datafile never replaces a good one. Every good
 //! datafile is written atomically to the project's cache path, which is used at start when the
-//! source cannot be reached (`cache`). URL sources are polled (`poll`).
+//! source cannot be reached (`cache`). URL sources are polled (`poll`). Every source is bounded
+//! by `datafile.max_bytes` (a URL body is read up to it and no further), and the cache write
+//! and its fsync run on the blocking pool.
 
 mod cache;
 mod poll;
@@ -35,6 +37,8 @@ pub enum SourceError {
     Read { path: String, message: String },
     #[error("cannot fetch {url}: {message}")]
     Fetch { url: String, message: String },
+    #[error("datafile {origin}: larger than datafile.max_bytes ({max} bytes)")]
+    TooLarge { origin: String, max: usize },
 }
 
 /// A datafile in use, with where and when it came from.
@@ -77,11 +81,18 @@ impl Project {
         self.refresh.notify_one();
     }
 
-    fn install(&self, config: ProjectConfig, origin: String, write_cache: bool) {
+    /// Writes the cache copy (file write and fsync on the blocking pool, never on a runtime
+    /// thread) and swaps the datafile in.
+    async fn install(&self, config: ProjectConfig, origin: String, write_cache: bool) {
         let name = self.settings.name.as_str();
         if write_cache {
-            if let Err(e) = write_atomically(&self.settings.cache_path, config.datafile.as_bytes())
-            {
+            let path = self.settings.cache_path.clone();
+            let bytes = config.datafile.clone();
+            let written =
+                tokio::task::spawn_blocking(move || write_atomically(&path, bytes.as_bytes()))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = written {
                 tracing::warn!(project = name, path = %self.settings.cache_path.display(), error = %e, "cannot write datafile cache");
             }
         }
@@ -107,8 +118,19 @@ impl Project {
         })));
     }
 
-    /// Validates and installs datafile bytes (admin push, webhook-triggered fetch, file).
+    /// Validates and installs datafile bytes (admin push, webhook-triggered fetch, file); more
+    /// than `max_bytes` is refused before parsing.
     pub async fn accept(&self, bytes: Vec<u8>, origin: String) -> Result<(), SourceError> {
+        if bytes.len() > self.settings.max_bytes {
+            self.metrics
+                .datafile_updates
+                .with_label_values(&[&self.settings.name, "too_large"])
+                .inc();
+            return Err(SourceError::TooLarge {
+                origin,
+                max: self.settings.max_bytes,
+            });
+        }
         let parsed = tokio::task::spawn_blocking(move || ProjectConfig::parse(&bytes))
             .await
             .map_err(|e| SourceError::Read {
@@ -131,7 +153,7 @@ impl Project {
                     .datafile_updates
                     .with_label_values(&[&self.settings.name, "updated"])
                     .inc();
-                self.install(config, origin, true);
+                self.install(config, origin, true).await;
                 Ok(())
             }
             Err(source) => {
@@ -152,10 +174,12 @@ impl Project {
                     .await
             }
             DatafileOrigin::File(path) => {
-                let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let bytes = read_capped(path, self.settings.max_bytes)
+                    .await
+                    .map_err(|e| SourceError::Read {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
                 self.accept(bytes, format!("file:{}", path.display())).await
             }
             DatafileOrigin::Url(url) => self.fetch(url).await,
@@ -176,7 +200,8 @@ impl Project {
                 .unwrap_or_default(),
             None => Validators::default(),
         };
-        match poll::fetch(url, self.settings.fetch_timeout, &validators).await {
+        let max = self.settings.max_bytes;
+        match poll::fetch(url, self.settings.fetch_timeout, &validators, max).await {
             Ok(Fetched::NotModified) => {
                 self.metrics
                     .datafile_updates
@@ -199,6 +224,16 @@ impl Project {
                 Err(fetch_err(format!("HTTP {status}")))
             }
             Err(FetchFailure::Transport(message)) => Err(fetch_err(message)),
+            Err(FetchFailure::TooLarge) => {
+                self.metrics
+                    .datafile_updates
+                    .with_label_values(&[&self.settings.name, "too_large"])
+                    .inc();
+                Err(SourceError::TooLarge {
+                    origin: format!("url:{url}"),
+                    max,
+                })
+            }
         }
     }
 
@@ -210,7 +245,8 @@ impl Project {
                 let path = &self.settings.cache_path;
                 tracing::warn!(project = %self.settings.name, error = %e, cache = %path.display(), "datafile source unavailable at start; trying the cache");
                 let config = cache::load(path).await?.ok_or(e)?;
-                self.install(config, format!("cache:{}", path.display()), false);
+                self.install(config, format!("cache:{}", path.display()), false)
+                    .await;
                 Ok(())
             }
         }
@@ -243,6 +279,16 @@ impl Project {
             }
         }
     }
+}
+
+/// Reads at most `max + 1` bytes of the file at `path` (one more than allowed is enough to
+/// refuse it), on the blocking pool.
+async fn read_capped(path: &std::path::Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes).await?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

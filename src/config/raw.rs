@@ -7,6 +7,7 @@
 use super::agent_api::{BatchSection, NotificationsSection, OdpSection};
 use super::{invalid, ConfigError, EventSettings, ProfileSettings, SaveMode};
 use super::{CmabCache, CmabSettings};
+use crate::pipeline::AckMode;
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -69,6 +70,16 @@ pub struct ServerSection {
     pub max_attributes: usize,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub fd_reserve: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_bytes: u32,
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -81,6 +92,13 @@ impl Default for ServerSection {
             max_query_bytes: 8192,
             max_attributes: 100,
             header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            fd_reserve: 256,
+            http2_max_concurrent_streams: 100,
+            http2_max_header_list_bytes: 16_384,
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +118,7 @@ pub struct DatafileSection {
     pub fetch_timeout: Duration,
     pub cache_path: Option<PathBuf>,
     pub webhook_secret: Option<String>,
+    pub max_bytes: usize,
 }
 
 impl Default for DatafileSection {
@@ -114,6 +133,7 @@ impl Default for DatafileSection {
             fetch_timeout: Duration::from_secs(10),
             cache_path: None,
             webhook_secret: None,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -205,6 +225,11 @@ impl Default for ProfilesSection {
 pub struct EventsSection {
     pub endpoint: Option<String>,
     pub channel_capacity: usize,
+    /// `"durable"`: answer once the events are fsynced / acknowledged; `"fast"`: at once.
+    pub ack: String,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    pub channel_max_bytes: usize,
     /// The queue backend's keys, `type` included (the backends crate validates them).
     pub queue: Map<String, Value>,
 }
@@ -214,6 +239,9 @@ impl Default for EventsSection {
         Self {
             endpoint: None,
             channel_capacity: 65_536,
+            ack: "durable".into(),
+            ack_timeout: Duration::from_secs(5),
+            channel_max_bytes: 64 << 20,
             queue: Map::from_iter([("type".into(), Value::from(DEFAULT_QUEUE_TYPE))]),
         }
     }
@@ -509,11 +537,27 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
         });
         Some(serde_json::from_value(value).map_err(|err| backend_error("events.queue", err))?)
     };
+    let ack = match e.ack.as_str() {
+        "durable" => AckMode::Durable,
+        "fast" => AckMode::Fast,
+        other => {
+            return Err(invalid(
+                "events.ack",
+                format!("{other:?} (expected \"durable\" or \"fast\")"),
+            ))
+        }
+    };
+    if e.ack_timeout.is_zero() {
+        return Err(invalid("events.ack_timeout", "must be longer than zero"));
+    }
     Ok(EventSettings {
         endpoint,
         queue,
         spool,
         channel_capacity: e.channel_capacity.max(1),
+        ack,
+        ack_timeout: e.ack_timeout,
+        channel_max_bytes: e.channel_max_bytes.max(1),
     })
 }
 

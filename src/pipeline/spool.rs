@@ -25,7 +25,7 @@ pub(super) async fn publish_or_spool(
     records: &[Record],
     metrics: &Metrics,
     queue_down: &AtomicBool,
-) {
+) -> Result<(), &'static str> {
     if !queue_down.load(Ordering::Acquire) {
         match publish_within(queue, records).await {
             Ok(()) => {
@@ -33,7 +33,7 @@ pub(super) async fn publish_or_spool(
                     .events_published
                     .with_label_values(&[queue.backend()])
                     .inc_by(records.len() as u64);
-                return;
+                return Ok(());
             }
             Err(e) if !e.is_retryable() => {
                 metrics
@@ -41,7 +41,7 @@ pub(super) async fn publish_or_spool(
                     .with_label_values(&["queue_error"])
                     .inc_by(records.len() as u64);
                 tracing::error!(backend = queue.backend(), error = %e, events = records.len(), "events dropped: the queue refused them");
-                return;
+                return Err("queue_error");
             }
             Err(e) => {
                 queue_down.store(true, Ordering::Release);
@@ -50,7 +50,10 @@ pub(super) async fn publish_or_spool(
         }
     }
     match spool.publish(records).await {
-        Ok(()) => metrics.events_spooled.inc_by(records.len() as u64),
+        Ok(()) => {
+            metrics.events_spooled.inc_by(records.len() as u64);
+            Ok(())
+        }
         Err(e) => {
             let reason = if e.is_full() {
                 "spool_full"
@@ -62,6 +65,7 @@ pub(super) async fn publish_or_spool(
                 .with_label_values(&[reason])
                 .inc_by(records.len() as u64);
             tracing::error!(error = %e, events = records.len(), reason, "events dropped: neither the queue nor the spool took them");
+            Err(reason)
         }
     }
 }

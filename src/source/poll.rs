@@ -27,13 +27,16 @@ pub(super) enum FetchFailure {
     Status(reqwest::StatusCode),
     /// No answer (connection, timeout, body).
     Transport(String),
+    /// The body is larger than `datafile.max_bytes` (reading stopped there).
+    TooLarge,
 }
 
-/// GETs `url`, conditional on `validators`.
+/// GETs `url`, conditional on `validators`; reads at most `max_bytes` of the body.
 pub(super) async fn fetch(
     url: &url::Url,
     timeout: Duration,
     validators: &Validators,
+    max_bytes: usize,
 ) -> Result<Fetched, FetchFailure> {
     let transport = |e: reqwest::Error| FetchFailure::Transport(e.to_string());
     let client = reqwest::Client::builder()
@@ -65,11 +68,21 @@ pub(super) async fn fetch(
         etag: header("etag"),
         last_modified: header("last-modified"),
     };
-    let bytes = resp.bytes().await.map_err(transport)?;
-    Ok(Fetched::Body {
-        bytes: bytes.to_vec(),
-        validators,
-    })
+    if resp
+        .content_length()
+        .is_some_and(|len| len > max_bytes as u64)
+    {
+        return Err(FetchFailure::TooLarge);
+    }
+    let mut resp = resp;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if bytes.len() + chunk.len() > max_bytes {
+            return Err(FetchFailure::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Fetched::Body { bytes, validators })
 }
 
 /// Exponential backoff from 1 s, capped at the poll interval (at least 1 s).

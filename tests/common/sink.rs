@@ -18,6 +18,8 @@ pub struct Recorded {
     pub payloads: Vec<Value>,
     pub uuids: HashSet<String>,
     pub duplicates: usize,
+    /// Distinct `visitor_id`s of the events received.
+    pub visitors: HashSet<String>,
 }
 
 /// The sink's shared state.
@@ -115,6 +117,9 @@ impl Sink {
         };
         let mut rec = self.recorded.lock().unwrap();
         for visitor in v["visitors"].as_array().into_iter().flatten() {
+            if let Some(id) = visitor["visitor_id"].as_str() {
+                rec.visitors.insert(id.to_string());
+            }
             for snap in visitor["snapshots"].as_array().into_iter().flatten() {
                 for e in snap["events"].as_array().into_iter().flatten() {
                     let u = e["uuid"].as_str().unwrap_or_default().to_string();
@@ -138,6 +143,14 @@ impl Sink {
             "the flusher kept retrying"
         );
         self.fail_with.store(0, Ordering::Relaxed);
+    }
+
+    /// How many of `ids` no event received so far names as its visitor.
+    pub fn missing_visitors<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> usize {
+        let rec = self.recorded.lock().unwrap();
+        ids.into_iter()
+            .filter(|id| !rec.visitors.contains(*id))
+            .count()
     }
 
     /// Distinct event uuids received.

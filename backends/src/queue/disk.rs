@@ -15,6 +15,12 @@
 //! queue and the count of unacked records. Publish and ack are one write transaction each.
 //! Which records are in flight (received, not yet acked) is kept in memory only, so a restart
 //! redelivers everything not acked.
+//!
+//! Durability: every publish commits with an fsync (a publish that returned survives
+//! `kill -9`; the daemon's durable acknowledgement rests on it). An ack commits without one
+//! unless [`ACK_SYNC_EVERY`] passed since the last fsync: the next publish's fsync persists it,
+//! so acks cost no fsync of their own under load, and a crash at worst redelivers the last
+//! second of acked records (duplicates, which carry their uuid; never a loss).
 
 mod batch;
 mod config;
@@ -25,15 +31,18 @@ pub use config::{DiskConfig, DEFAULT_MAX_BYTES, FILE_NAME};
 use crate::queue::{AckToken, Delivery, EventQueue, Record};
 use crate::BackendError;
 use batch::{batch_len, corrupt, encode_batch, BatchReader};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use state::{Bitmap, OpenBatch, Pos, State};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const BACKEND: &str = "disk";
+
+/// Longest an ack goes without an fsync of its own (see the module docs).
+const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// redb's page cache. Records are read about once, so a small cache is enough.
 const CACHE_BYTES: usize = 32 << 20;
@@ -60,6 +69,10 @@ struct Shared {
     state: Mutex<State>,
     /// Serialises acks (see [`Shared::ack`]).
     acking: Mutex<()>,
+    /// When a commit last fsynced.
+    last_sync: Mutex<Instant>,
+    /// An ack committed since then without an fsync.
+    unsynced: std::sync::atomic::AtomicBool,
     /// Woken when records become receivable (publish, release).
     ready: Notify,
 }
@@ -111,6 +124,8 @@ impl DiskQueue {
                 max_bytes: config.max_bytes,
                 state: Mutex::new(state),
                 acking: Mutex::new(()),
+                last_sync: Mutex::new(Instant::now()),
+                unsynced: std::sync::atomic::AtomicBool::new(false),
                 ready: Notify::new(),
             }),
         })
@@ -207,6 +222,19 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn synced(&self) {
+        self.unsynced
+            .store(false, std::sync::atomic::Ordering::Release);
+        *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn since_sync(&self) -> Duration {
+        self.last_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
     fn publish(&self, blob: Vec<u8>, count: u64) -> Result<(), BackendError> {
         let batch_bytes = accounted(blob.len());
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -231,6 +259,7 @@ impl Shared {
             batches.insert(batch, blob.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        self.synced();
         let mut st = self.state();
         st.next_batch = batch + 1;
         st.unacked += count;
@@ -343,7 +372,11 @@ impl Shared {
         // concurrent acks of the same batch each start from what the previous one left. Each
         // works on copies of the touched bitmaps; the state changes only after the commit.
         let _one_at_a_time = self.acking.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let sync = self.since_sync() >= ACK_SYNC_EVERY;
+        if !sync {
+            txn.set_durability(Durability::None);
+        }
         let mut touched: BTreeMap<u64, OpenBatch> = BTreeMap::new();
         {
             let st = self.state();
@@ -392,6 +425,12 @@ impl Shared {
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        if sync {
+            self.synced();
+        } else {
+            self.unsynced
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let mut st = self.state();
         for pos in &positions {
             st.in_flight.remove(pos);
@@ -406,6 +445,22 @@ impl Shared {
         }
         st.unacked = st.unacked.saturating_sub(newly);
         Ok(())
+    }
+}
+
+impl Drop for Shared {
+    /// A clean close persists the acks still waiting for an fsync (an empty durable commit).
+    fn drop(&mut self) {
+        if !self.unsynced.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let synced = match self.db.begin_write() {
+            Ok(t) => t.commit().map_err(db_err),
+            Err(e) => Err(db_err(e)),
+        };
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "disk queue: final ack sync failed; acked records may be delivered again");
+        }
     }
 }
 

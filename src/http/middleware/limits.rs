@@ -1,5 +1,5 @@
 //! Request limits: the query string's length (checked before routing, 414), the body's size
-//! (checked while reading, 413), the number of user attributes (400), and how long a client may
+//! (checked while reading, 413; a pushed datafile has `datafile.max_bytes` instead), the number of user attributes (400), and how long a client may
 //! take to send its headers (enforced by the connection, see [`crate::http::serve`]).
 
 use crate::http::error::ApiError;
@@ -16,6 +16,8 @@ pub struct Limits {
     pub max_query_bytes: usize,
     pub max_attributes: usize,
     pub header_read_timeout: Duration,
+    /// Body bound of a datafile push (`datafile.max_bytes`, the largest of the projects').
+    pub max_datafile_bytes: usize,
 }
 
 impl Limits {
@@ -40,7 +42,19 @@ impl Limits {
 
     /// Reads the body, refusing one larger than `max_body_bytes`.
     pub async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-        let limit = self.max_body_bytes;
+        self.read_body_up_to(req, self.max_body_bytes).await
+    }
+
+    /// Reads a pushed datafile, refusing one larger than `max_datafile_bytes`.
+    pub async fn read_datafile(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        self.read_body_up_to(req, self.max_datafile_bytes).await
+    }
+
+    async fn read_body_up_to(
+        &self,
+        req: Request<Incoming>,
+        limit: usize,
+    ) -> Result<Bytes, ApiError> {
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(c) => Ok(c.to_bytes()),
             Err(e)

@@ -43,7 +43,7 @@ pub async fn push_datafile(state: &HttpState, req: Request<Incoming>) -> Result<
         ));
     }
     let project = state.service.project_id(sdk_key(&req).as_deref())?;
-    let body = state.limits.read_body(req).await?;
+    let body = state.limits.read_datafile(req).await?;
     let installed = state
         .service
         .install_datafile(project, body.to_vec(), "admin")
