@@ -13,7 +13,8 @@ DURATION=${1:-10s}
 CONNS=${2:-64}
 THREADS=${WRK_THREADS:-1}
 command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null 2>&1 || { echo "wrk is required (apt-get install wrk)"; exit 1; }; }
-cargo build --release --bin bucketd --example bare_hyper -q
+# CARGO_FLAGS, e.g. "--no-default-features --features disk,memory" for a quicker ONLY_ACK build.
+cargo build --release --bin bucketd --example bare_hyper -q ${CARGO_FLAGS:-}
 STATE=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$STATE" "${LUA:-}"; }
