@@ -526,3 +526,67 @@ fn config_parses_with_defaults_and_rejects_typos() {
     );
     assert!(typo.is_err());
 }
+
+/// The files in `dir` whose name starts with `prefix`.
+fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// A queue file overwritten with garbage does not keep the daemon from starting: it is set
+/// aside (kept, byte for byte, for an operator) and the queue starts empty and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_queue_file_is_set_aside_and_the_queue_starts_empty() {
+    let dir = TempDir::new("garbage");
+    let file = dir.path().join(backends::queue::disk::FILE_NAME);
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &garbage).unwrap();
+
+    let q = DiskQueue::open(&DiskConfig::new(dir.path())).expect("opens despite the garbage");
+    assert_eq!(q.depth().await.unwrap(), Some(0));
+    publish_range(&q, 0..10, 5).await;
+    let got = receive_n(&q, 10, 100).await;
+    assert_eq!(got.len(), 10);
+
+    let aside = files_starting(
+        dir.path(),
+        &format!("{}.unreadable-", backends::queue::disk::FILE_NAME),
+    );
+    assert_eq!(aside.len(), 1, "the unreadable file is kept: {aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage);
+}
+
+/// A queue file cut short (a disk that lost its tail): the queue opens, and whatever it
+/// delivers is records that were published, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_queue_file_opens_and_delivers_only_published_records() {
+    let dir = TempDir::new("truncated");
+    {
+        let q = open(dir.path());
+        publish_range(&q, 0..2_000, 100).await;
+    }
+    let file = dir.path().join(backends::queue::disk::FILE_NAME);
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+
+    let q = DiskQueue::open(&DiskConfig::new(dir.path())).expect("opens despite the truncation");
+    let got = receive_n(&q, 2_000, 500).await;
+    let indices: BTreeSet<usize> = got.iter().map(index_of).collect();
+    assert_eq!(indices.len(), got.len(), "no record delivered twice");
+    assert!(indices.iter().all(|&i| i < 2_000), "only published records");
+    publish_range(&q, 5_000..5_010, 10).await;
+    let more = receive_n(&q, 10, 100).await;
+    assert!(more.iter().all(|d| (5_000..5_010).contains(&index_of(d))));
+    assert_eq!(more.len(), 10, "the queue works after the truncation");
+}

@@ -88,23 +88,24 @@ impl DiskQueue {
             )
         })?;
         let file = config.path.join(FILE_NAME);
-        let mut db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            // Lets a later redb 3 open the file without an upgrade step.
-            .create_with_file_format_v3(true)
-            .create(&file)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => BackendError::fatal(
-                    BACKEND,
-                    format!(
-                        "{} is already open (another bucketd on this state dir?)",
-                        file.display()
-                    ),
-                ),
-                e => open_err(&file, e),
-            })?;
-
-        let (state, bytes) = load_state(&db)?;
+        let (mut db, state, bytes) = match open_and_load(&file) {
+            Ok(opened) => opened,
+            Err(Opening::Unreadable(reason)) => {
+                // A file that is not a queue any more (overwritten, truncated past what redb
+                // repairs) must not keep the daemon from starting: it is kept beside the new
+                // one for an operator, and the queue starts empty.
+                let aside = set_aside(&file)?;
+                tracing::error!(
+                    path = %file.display(),
+                    set_aside = %aside.display(),
+                    reason = %reason,
+                    "disk queue file unreadable: set aside, starting with an empty queue \
+                     (its events are not delivered; see the file kept)"
+                );
+                open_and_load(&file).map_err(Opening::into_error)?
+            }
+            Err(e) => return Err(e.into_error()),
+        };
         if state.unacked == 0 {
             // Nothing queued: give the space of a past backlog back to the file system.
             if let Err(e) = db.compact() {
@@ -472,6 +473,96 @@ fn positions(tokens: &[AckToken]) -> Result<Vec<Pos>, BackendError> {
             _ => Err(t.foreign(BACKEND)),
         })
         .collect()
+}
+
+/// Why the queue file could not be opened.
+enum Opening {
+    /// The file is not a readable queue (corrupted, not a redb file, truncated).
+    Unreadable(String),
+    Failed(BackendError),
+}
+
+impl Opening {
+    fn into_error(self) -> BackendError {
+        match self {
+            Self::Unreadable(reason) => BackendError::fatal(BACKEND, reason),
+            Self::Failed(e) => e,
+        }
+    }
+}
+
+/// Opens (or creates) the queue file and reads its state back.
+fn open_and_load(file: &Path) -> Result<(Database, State, u64), Opening> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| Opening::Unreadable(format!("{}: {e}", file.display()));
+    // redb asserts (panics) on some damaged files, a file cut shorter than its header says
+    // among them; such a panic is an unreadable file too, not a reason to crash-loop.
+    let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            // Lets a later redb 3 open the file without an upgrade step.
+            .create_with_file_format_v3(true)
+            .create(file)
+    }))
+    .map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked while opening it".into());
+        unreadable(&what)
+    })?;
+    let db = created.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Opening::Failed(BackendError::fatal(
+            BACKEND,
+            format!(
+                "{} is already open (another bucketd on this state dir?)",
+                file.display()
+            ),
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(c)) => unreadable(&c),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            unreadable(&io)
+        }
+        redb::DatabaseError::UpgradeRequired(v) => {
+            unreadable(&format!("file format {v} is not a queue this build reads"))
+        }
+        e => Opening::Failed(open_err(file, e)),
+    })?;
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_state(&db)))
+        .map_err(|_| unreadable(&"redb panicked while reading the queue's state"))?;
+    match loaded {
+        Ok((state, bytes)) => Ok((db, state, bytes)),
+        // Readable by redb but not a queue's tables and counters: unreadable too.
+        Err(BackendError::Fatal { message, .. }) => Err(Opening::Unreadable(format!(
+            "{}: {message}",
+            file.display()
+        ))),
+        Err(e) => Err(Opening::Failed(e)),
+    }
+}
+
+/// Renames an unreadable queue file out of the way (`<file>.unreadable-<unix seconds>`).
+fn set_aside(file: &Path) -> Result<std::path::PathBuf, BackendError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(".unreadable-{secs}"));
+    let aside = std::path::PathBuf::from(name);
+    std::fs::rename(file, &aside).map_err(|e| {
+        BackendError::fatal(
+            BACKEND,
+            format!("cannot set aside the unreadable {}: {e}", file.display()),
+        )
+    })?;
+    Ok(aside)
 }
 
 fn open_err(file: &Path, e: impl Into<redb::Error>) -> BackendError {
