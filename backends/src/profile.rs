@@ -30,6 +30,11 @@ pub struct StoredProfile {
 pub trait ProfileStore: Send + Sync + 'static {
     /// A short backend name for metrics and logs (`memory`, `redis`, `cassandra`).
     fn backend(&self) -> &'static str;
+    /// Whether the store lives in this process and answers without I/O: the gateway then
+    /// calls it inline (no timeout, breaker or write-behind task).
+    fn in_process(&self) -> bool {
+        false
+    }
     /// The stored profile of a user, if any.
     async fn lookup(&self, user_id: &str) -> Result<Option<StoredProfile>, BackendError>;
     /// Merges `profile.experiment_bucket_map` into the stored profile of `profile.user_id`.

@@ -2,6 +2,10 @@
 //! request with a timeout and a circuit breaker, an optional read cache, and saves that are
 //! write-behind (bounded, coalescing per user) unless `profiles.save = "sync"`.
 //!
+//! An in-process store ([`ProfileStore::in_process`], the memory store) is called inline: no
+//! timeout, breaker, read cache or write-behind task, whose bookkeeping (a timer per lookup, a
+//! channel send, a map and a spawned task per save) cost more than the store itself.
+//!
 //! A store that is down or slow never fails a request: the decision proceeds statelessly, the
 //! failure is counted, and the breaker stops hammering a dead store until a probe succeeds.
 
@@ -78,6 +82,8 @@ pub struct ProfileGateway {
     timeout: Duration,
     mode: SaveMode,
     breaker: Breaker,
+    /// The store is in this process: lookups and saves are called inline.
+    inline: bool,
     cache: Option<Cache<String, Arc<backends::StoredProfile>>>,
     saver: Option<mpsc::Sender<backends::StoredProfile>>,
     metrics: Arc<Metrics>,
@@ -130,7 +136,8 @@ impl ProfileGateway {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let backend = store.as_ref().map_or("none", |s| s.backend());
-        let cache = (settings.cache_capacity > 0 && store.is_some()).then(|| {
+        let inline = store.as_ref().is_some_and(|s| s.in_process());
+        let cache = (settings.cache_capacity > 0 && store.is_some() && !inline).then(|| {
             Cache::builder()
                 .max_capacity(settings.cache_capacity)
                 .time_to_live(settings.cache_ttl)
@@ -138,7 +145,8 @@ impl ProfileGateway {
         });
         let (tx, rx) = mpsc::channel(settings.save_queue);
         let gateway = Arc::new(Self {
-            saver: (store.is_some() && settings.save == SaveMode::Async).then_some(tx),
+            saver: (store.is_some() && !inline && settings.save == SaveMode::Async).then_some(tx),
+            inline,
             store,
             backend,
             timeout: settings.timeout,
@@ -187,6 +195,15 @@ impl ProfileGateway {
         {
             tracing::warn!(backend = self.backend, op, %error, "profile store failure; deciding without it (logged at most every 10s)");
         }
+    }
+
+    /// Counts and logs a failed inline call.
+    fn inline_failure(&self, op: &'static str, error: &BackendError) {
+        self.metrics
+            .profile_ops
+            .with_label_values(&[self.backend, op, "error"])
+            .inc();
+        self.log_failure(op, error);
     }
 
     async fn guarded<T>(
@@ -243,6 +260,18 @@ impl ProfileGateway {
     /// The user's stored profile; `None` when there is none or the store failed.
     pub async fn lookup(&self, user_id: &str) -> Option<UserProfile> {
         let store = self.store.as_ref()?;
+        if self.inline {
+            return match store.lookup(user_id).await {
+                Ok(found) => {
+                    self.hot.lookup_ok.inc();
+                    found.map(|p| to_core(&p))
+                }
+                Err(e) => {
+                    self.inline_failure("lookup", &e);
+                    None
+                }
+            };
+        }
         if let Some(cache) = &self.cache {
             if let Some(p) = cache.get(user_id).await {
                 self.hot.cache_hit.inc();
@@ -266,6 +295,13 @@ impl ProfileGateway {
     pub async fn save(&self, profile: &UserProfile) {
         let Some(store) = &self.store else { return };
         let p = to_store(profile);
+        if self.inline {
+            match store.save(&p).await {
+                Ok(()) => self.hot.save_ok.inc(),
+                Err(e) => self.inline_failure("save", &e),
+            }
+            return;
+        }
         if let Some(cache) = &self.cache {
             let merged = match cache.get(&p.user_id).await {
                 Some(old) => {
@@ -370,5 +406,42 @@ mod tests {
         assert_eq!(store.experiment_bucket_map.len(), 1);
         assert_eq!(store.experiment_bucket_map["e1"].variation_id, "v1");
         assert_eq!(to_core(&store).variation_for("e1"), Some("v1"));
+    }
+
+    /// The in-process store is written inline: a lookup right after a save sees it, with no
+    /// write-behind task to wait for (the old path queued the save for a spawned saver).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_in_process_store_is_saved_inline() {
+        let config = backends::profile::memory::MemoryConfig::default();
+        let store: Arc<dyn ProfileStore> =
+            Arc::new(backends::profile::memory::MemoryStore::new(&config));
+        let settings = ProfileSettings {
+            store: backends::ProfileStoreConfig::Memory(config),
+            timeout: Duration::from_millis(50),
+            save: SaveMode::Async,
+            cache_capacity: 0,
+            cache_ttl: Duration::from_secs(30),
+            save_queue: 16,
+        };
+        let tracker = TaskTracker::new();
+        let gateway = ProfileGateway::new(
+            Some(store),
+            &settings,
+            Arc::new(Metrics::new()),
+            &tracker,
+            CancellationToken::new(),
+        );
+        let mut profile = UserProfile::new("u");
+        profile.save_variation("e1", "v1");
+        gateway.save(&profile).await;
+        let found = gateway.lookup("u").await;
+        assert_eq!(
+            found.and_then(|p| p.variation_for("e1").map(str::to_owned)),
+            Some("v1".into())
+        );
+        assert!(
+            tracker.is_empty(),
+            "no write-behind task for an in-process store"
+        );
     }
 }
