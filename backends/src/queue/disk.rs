@@ -45,7 +45,7 @@ const BACKEND: &str = "disk";
 const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// redb's page cache. Records are read about once, so a small cache is enough.
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 4 << 20;
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const ACKED: TableDefinition<u64, &[u8]> = TableDefinition::new("acked");
