@@ -11,6 +11,8 @@ mod notify;
 pub mod odp;
 pub mod profiles;
 mod projects;
+#[cfg(feature = "redis")]
+mod redis_cache;
 mod reset;
 
 pub use activate::{ActivateRequest, ActivateScope, Activated};

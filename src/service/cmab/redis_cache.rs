@@ -10,9 +10,7 @@ use std::time::Duration;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RedisCache {
     #[cfg(feature = "redis")]
-    client: redis::Client,
-    #[cfg(feature = "redis")]
-    conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    redis: crate::service::redis_cache::CacheRedis,
     prefix: String,
     ttl: Duration,
 }
@@ -22,10 +20,10 @@ impl RedisCache {
     pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, CmabSetupError> {
         #[cfg(feature = "redis")]
         {
-            let client = redis::Client::open(url).map_err(|e| CmabSetupError(e.to_string()))?;
+            let redis = crate::service::redis_cache::CacheRedis::open(url, "cmab")
+                .map_err(|e| CmabSetupError(e.to_string()))?;
             Ok(Self {
-                client,
-                conn: tokio::sync::OnceCell::new(),
+                redis,
                 prefix: prefix.to_string(),
                 ttl,
             })
@@ -45,29 +43,8 @@ impl RedisCache {
 
 #[cfg(feature = "redis")]
 impl RedisCache {
-    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| self.client.get_multiplexed_async_connection())
-            .await;
-        match conn {
-            Ok(c) => Some(c.clone()),
-            Err(e) => {
-                tracing::warn!(error = %e, "CMAB cache: Redis unreachable");
-                None
-            }
-        }
-    }
-
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
-        let mut conn = self.conn().await?;
-        match cmd.query_async(&mut conn).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "CMAB cache: Redis command failed");
-                None
-            }
-        }
+        self.redis.run(cmd).await
     }
 }
 
@@ -98,27 +75,9 @@ impl PredictionCache for RedisCache {
     }
 
     async fn reset(&self) {
-        let pattern = format!("{}*", self.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let cmd = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .to_owned();
-            let Some((next, keys)): Option<(u64, Vec<String>)> = self.run(&cmd).await else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: Option<i64> = self.run(redis::cmd("DEL").arg(keys)).await;
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
+        self.redis
+            .delete_matching(&format!("{}*", self.prefix))
+            .await;
     }
 }
 

@@ -92,8 +92,7 @@ impl SegmentCache {
 /// Segments in Redis, one string key per user.
 #[cfg(feature = "redis")]
 pub struct RedisSegments {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    redis: crate::service::redis_cache::CacheRedis,
     prefix: String,
     ttl: Duration,
 }
@@ -101,10 +100,10 @@ pub struct RedisSegments {
 #[cfg(feature = "redis")]
 impl RedisSegments {
     fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, SegmentCacheError> {
-        let client = redis::Client::open(url).map_err(|e| SegmentCacheError(e.to_string()))?;
+        let redis = crate::service::redis_cache::CacheRedis::open(url, "odp_segments")
+            .map_err(|e| SegmentCacheError(e.to_string()))?;
         Ok(Self {
-            client,
-            conn: tokio::sync::OnceCell::new(),
+            redis,
             prefix: prefix.to_string(),
             ttl,
         })
@@ -115,24 +114,7 @@ impl RedisSegments {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| self.client.get_multiplexed_async_connection())
-            .await;
-        let mut conn = match conn {
-            Ok(c) => c.clone(),
-            Err(e) => {
-                tracing::warn!(error = %e, "ODP segment cache: Redis unreachable");
-                return None;
-            }
-        };
-        match cmd.query_async(&mut conn).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "ODP segment cache: Redis command failed");
-                None
-            }
-        }
+        self.redis.run(cmd).await
     }
 
     async fn get(&self, user_id: &str) -> Option<Vec<String>> {
@@ -153,27 +135,9 @@ impl RedisSegments {
     }
 
     async fn reset(&self) {
-        let pattern = format!("{}*", self.key(""));
-        let mut cursor: u64 = 0;
-        loop {
-            let cmd = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .to_owned();
-            let Some((next, keys)): Option<(u64, Vec<String>)> = self.run(&cmd).await else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: Option<i64> = self.run(redis::cmd("DEL").arg(keys)).await;
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
+        self.redis
+            .delete_matching(&format!("{}*", self.key("")))
+            .await;
     }
 }
 
