@@ -11,34 +11,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
 
-use bucketd::core::events::UserEvent;
-use bucketd::core::payload::{endpoint_for_region, render, Client};
+#[path = "parity/support.rs"]
+mod support;
+
 use bucketd::core::{
     DecideOptions, Decider, ForcedDecision, ForcedVariations, ProjectConfig, UserContext,
     UserProfile,
 };
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use support::{env_or, ours, python, theirs, write_repro, Mismatch, MAX_REPORTED};
 
 const DEFAULT_SEED: &str = "20261122";
-const MAX_REPORTED: usize = 5;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidate = std::env::var_os("BUCKETD_PARITY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import optimizely"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(candidate)
-}
 
 fn stamp() -> impl FnMut() -> (String, u64) {
     let mut n = 0u64;
@@ -46,64 +31,6 @@ fn stamp() -> impl FnMut() -> (String, u64) {
         n += 1;
         (format!("uuid-{n}"), n)
     }
-}
-
-/// An event payload with the fields that legitimately differ removed.
-fn normalize(mut params: Value) -> Value {
-    if let Some(o) = params.as_object_mut() {
-        o.remove("client_name");
-        o.remove("client_version");
-    }
-    if let Some(visitors) = params.get_mut("visitors").and_then(Value::as_array_mut) {
-        for v in visitors {
-            for s in v["snapshots"].as_array_mut().into_iter().flatten() {
-                for e in s["events"].as_array_mut().into_iter().flatten() {
-                    if let Some(e) = e.as_object_mut() {
-                        e.remove("uuid");
-                        e.remove("timestamp");
-                    }
-                }
-            }
-        }
-    }
-    params
-}
-
-fn ours(events: &[UserEvent]) -> Vec<Value> {
-    let client = Client {
-        name: "bucketd",
-        version: "test",
-    };
-    events
-        .iter()
-        .flat_map(|e| {
-            render(std::slice::from_ref(e), &client)
-                .into_iter()
-                .map(|b| {
-                    let body = serde_json::to_value(&b.batch).unwrap_or(Value::Null);
-                    json!({"url": endpoint_for_region(&b.context.region), "params": normalize(body)})
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn theirs(expected: &Value) -> Vec<Value> {
-    expected
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| json!({"url": e["url"], "params": normalize(e["params"].clone())}))
-        .collect()
-}
-
-struct Mismatch {
-    case: String,
-    user: usize,
-    call: usize,
-    what: String,
-    expected: Value,
-    got: Value,
 }
 
 fn parse_profile(v: &Value) -> Option<UserProfile> {
@@ -294,19 +221,8 @@ fn replay_user(case: &str, ui: usize, config: &ProjectConfig, u: &Value) -> Opti
 }
 
 fn report(m: &Mismatch, cases: &Value) -> String {
-    let case = cases["cases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == m.case.as_str());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity-failures");
-    let file = dir.join(format!("{}-user{}.json", m.case, m.user));
-    if let Some(c) = case {
-        let repro = json!({"name": m.case, "datafile": c["datafile"], "user": c["users"][m.user], "call": m.call});
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(&file, serde_json::to_vec_pretty(&repro).unwrap_or_default());
-    }
-    let user = case.map(|c| &c["users"][m.user]);
+    let (user, file) = write_repro(m, cases, "parity-failures");
+    let user = user.as_ref();
     format!(
         "MISMATCH {} user #{} call #{}: {}\n  user_id: {}\n  attributes: {}\n  segments: {}\n  call: {}\n  expected (python sdk): {}\n  got (bucketd):         {}\n  reproduction (datafile + user): {}\n",
         m.case,

@@ -14,8 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly on broken fixtures
 
-use bucketd::core::events::UserEvent;
-use bucketd::core::payload::{endpoint_for_region, render, Client};
+#[path = "parity/support.rs"]
+mod support;
+
 use bucketd::core::{
     DecideOptions, Decider, ExternalInputs, ForcedDecision, ForcedVariations, ProjectConfig,
     UserContext, UserProfile,
@@ -29,28 +30,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{env_or, ours, python, theirs, write_repro, Mismatch, MAX_REPORTED};
 
 const DEFAULT_SEED: &str = "20261201";
-const MAX_REPORTED: usize = 5;
 /// The oracle's request timeout (below the server's 1.5 s delay) and backoff.
 const TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF: Duration = Duration::from_millis(1);
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidate = std::env::var_os("BUCKETD_PARITY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import optimizely"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(candidate)
-}
 
 /// The prediction server, stopped on drop.
 struct Server(Child);
@@ -122,54 +107,6 @@ fn normalize_uuids(events: &mut [Value], seen: &mut Vec<String>) -> Result<(), S
     Ok(())
 }
 
-fn normalize(mut params: Value) -> Value {
-    if let Some(o) = params.as_object_mut() {
-        o.remove("client_name");
-        o.remove("client_version");
-    }
-    if let Some(visitors) = params.get_mut("visitors").and_then(Value::as_array_mut) {
-        for v in visitors {
-            for s in v["snapshots"].as_array_mut().into_iter().flatten() {
-                for e in s["events"].as_array_mut().into_iter().flatten() {
-                    if let Some(e) = e.as_object_mut() {
-                        e.remove("uuid");
-                        e.remove("timestamp");
-                    }
-                }
-            }
-        }
-    }
-    params
-}
-
-fn ours(events: &[UserEvent]) -> Vec<Value> {
-    let client = Client {
-        name: "bucketd",
-        version: "test",
-    };
-    events
-        .iter()
-        .flat_map(|e| {
-            render(std::slice::from_ref(e), &client)
-                .into_iter()
-                .map(|b| {
-                    let body = serde_json::to_value(&b.batch).unwrap_or(Value::Null);
-                    json!({"url": endpoint_for_region(&b.context.region), "params": normalize(body)})
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn theirs(expected: &Value) -> Vec<Value> {
-    expected
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| json!({"url": e["url"], "params": normalize(e["params"].clone())}))
-        .collect()
-}
-
 /// The requests a call made, as comparable values, in a canonical order (bucketd fetches the
 /// predictions of one pass concurrently; the SDK one after the other).
 fn requests_expected(call: &Value) -> Vec<Value> {
@@ -197,15 +134,6 @@ fn requests_made(log: &RequestLog) -> Vec<Value> {
         .collect();
     out.sort_by_key(Value::to_string);
     out
-}
-
-struct Mismatch {
-    case: String,
-    user: usize,
-    call: usize,
-    what: String,
-    expected: Value,
-    got: Value,
 }
 
 struct Replay<'a> {
@@ -404,20 +332,8 @@ impl Replay<'_> {
 }
 
 fn report(m: &Mismatch, cases: &Value) -> String {
-    let case = cases["cases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == m.case.as_str());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity-cmab-failures");
-    let file = dir.join(format!("{}-user{}.json", m.case, m.user));
-    if let Some(c) = case {
-        let repro = json!({"name": m.case, "datafile": c["datafile"],
-                           "user": c["users"][m.user], "call": m.call});
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(&file, serde_json::to_vec_pretty(&repro).unwrap_or_default());
-    }
-    let user = case.map(|c| &c["users"][m.user]);
+    let (user, file) = write_repro(m, cases, "parity-cmab-failures");
+    let user = user.as_ref();
     format!(
         "MISMATCH {} user #{} call #{}: {}\n  user_id: {}\n  attributes: {}\n  call: {}\n  expected (python sdk): {}\n  got (bucketd):         {}\n  reproduction: {}\n",
         m.case,
