@@ -233,35 +233,36 @@ async fn python_sdk_events_reach_the_sink_in_bulk_byte_equal() {
     let got = sink.wait_for(expected.len(), Duration::from_secs(20)).await;
     assert_eq!(got, expected.len(), "every SDK event reaches the sink");
 
-    let rec = sink.recorded.lock().unwrap();
-    assert_eq!(rec.duplicates, 0);
-    let mut largest = 0;
-    let mut seen = HashSet::new();
-    for body in &rec.bodies {
-        let body = std::str::from_utf8(body).unwrap();
-        let vs = visitors(body);
-        largest = largest.max(vs.len());
-        for (uuids, raw) in vs {
-            let (want, want_envelope) = &expected[&uuids[0]];
-            assert_eq!(&raw, want, "the visitor is byte-equal to what the SDK sent");
-            assert_eq!(&envelope(body), want_envelope, "and so is its envelope");
-            seen.insert(uuids[0].clone());
+    {
+        let rec = sink.recorded.lock().unwrap();
+        assert_eq!(rec.duplicates, 0);
+        let mut largest = 0;
+        let mut seen = HashSet::new();
+        for body in &rec.bodies {
+            let body = std::str::from_utf8(body).unwrap();
+            let vs = visitors(body);
+            largest = largest.max(vs.len());
+            for (uuids, raw) in vs {
+                let (want, want_envelope) = &expected[&uuids[0]];
+                assert_eq!(&raw, want, "the visitor is byte-equal to what the SDK sent");
+                assert_eq!(&envelope(body), want_envelope, "and so is its envelope");
+                seen.insert(uuids[0].clone());
+            }
         }
+        assert_eq!(seen.len(), expected.len());
+        eprintln!(
+            "{} SDK events in {} SDK requests reached the sink in {} requests (largest: {largest} visitors)",
+            expected.len(),
+            sent.len(),
+            rec.bodies.len()
+        );
+        assert!(
+            rec.bodies.len() < sent.len() && largest > 10,
+            "in bulk: {} requests for the SDK's {}, the largest with {largest} visitors",
+            rec.bodies.len(),
+            sent.len()
+        );
     }
-    assert_eq!(seen.len(), expected.len());
-    eprintln!(
-        "{} SDK events in {} SDK requests reached the sink in {} requests (largest: {largest} visitors)",
-        expected.len(),
-        sent.len(),
-        rec.bodies.len()
-    );
-    assert!(
-        rec.bodies.len() < sent.len() && largest > 10,
-        "in bulk: {} requests for the SDK's {}, the largest with {largest} visitors",
-        rec.bodies.len(),
-        sent.len()
-    );
-    drop(rec);
     let relayed =
         common::metric(&app.base, "bucketd_events_received_total{source=\"relay\"}").await;
     assert_eq!(relayed as usize, expected.len());
@@ -272,7 +273,23 @@ async fn python_sdk_events_reach_the_sink_in_bulk_byte_equal() {
 const KILL_AFTER: usize = 800;
 const CLIENTS: usize = 32;
 
-fn spawn_daemon(dir: &Path, port: u16, flush_to: Option<&Sink>) -> Child {
+/// The daemon as a process, killed (SIGKILL) when dropped, so a failing test leaves none behind.
+struct Daemon(Child);
+
+impl Daemon {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_daemon(dir: &Path, port: u16, flush_to: Option<&Sink>) -> Daemon {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketd"));
     cmd.arg("serve")
         .env("BUCKETD__STATE_DIR", dir)
@@ -290,7 +307,7 @@ fn spawn_daemon(dir: &Path, port: u16, flush_to: Option<&Sink>) -> Child {
             .env("BUCKETD__FLUSHER__ENABLED", "false")
             .env("BUCKETD__EVENTS__ENDPOINT", "http://127.0.0.1:9/v1/events"),
     };
-    cmd.spawn().unwrap()
+    Daemon(cmd.spawn().unwrap())
 }
 
 async fn wait_ready(base: &str) {
@@ -370,8 +387,7 @@ async fn kill_9_while_sdk_events_stream_in_loses_no_answered_event() {
         assert!(Instant::now() < deadline, "the daemon answers too slowly");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    child.kill().unwrap(); // SIGKILL, mid-stream
-    child.wait().unwrap();
+    child.kill(); // SIGKILL, mid-stream
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -395,8 +411,7 @@ async fn kill_9_while_sdk_events_stream_in_loses_no_answered_event() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     eprintln!(
         "answered {} payloads ({} events), refused {}, lost {missing}",
         answered.len(),
@@ -531,24 +546,25 @@ async fn relayed_and_daemon_events_share_the_flusher_and_rejects_are_dead_letter
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(sink.wait_for(4, Duration::from_secs(10)).await, 4);
 
-    let rec = sink.recorded.lock().unwrap();
-    let clients: HashMap<String, HashSet<String>> =
-        rec.payloads.iter().fold(HashMap::new(), |mut m, p| {
-            let ids = p["visitors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v["visitor_id"].as_str().unwrap().to_string());
-            m.entry(p["client_name"].as_str().unwrap().to_string())
-                .or_default()
-                .extend(ids);
-            m
-        });
-    let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-    assert_eq!(clients["node-sdk"], set(&["n1", "n2"]));
-    assert_eq!(clients["go-sdk"], set(&["g1"]));
-    assert_eq!(clients["bucketd"], set(&["daemon-user"]));
-    drop(rec);
+    {
+        let rec = sink.recorded.lock().unwrap();
+        let clients: HashMap<String, HashSet<String>> =
+            rec.payloads.iter().fold(HashMap::new(), |mut m, p| {
+                let ids = p["visitors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v["visitor_id"].as_str().unwrap().to_string());
+                m.entry(p["client_name"].as_str().unwrap().to_string())
+                    .or_default()
+                    .extend(ids);
+                m
+            });
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        assert_eq!(clients["node-sdk"], set(&["n1", "n2"]));
+        assert_eq!(clients["go-sdk"], set(&["g1"]));
+        assert_eq!(clients["bucketd"], set(&["daemon-user"]));
+    }
 
     let dead = app.dir.join("dead-letter.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
