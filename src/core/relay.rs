@@ -248,6 +248,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_input_is_an_answer_not_a_panic(s in ".{0,300}") {
+            let _ = parse(s.as_bytes(), 10, "US");
+        }
+
+        #[test]
+        fn any_visitor_text_round_trips(id in "[a-zA-Z0-9 _é✓-]{0,20}", ts in 0u64..u64::MAX) {
+            let visitor = format!(
+                r#"{{"visitor_id": "{id}", "snapshots": [{{"events": [{{"entity_id": "1", "key": "k", "uuid": "u", "timestamp": {ts}}}]}}]}}"#
+            );
+            let body = format!(r#"{{"account_id": "1", "visitors": [ {visitor} ]}}"#);
+            let events = parse(body.as_bytes(), 10, "US").unwrap();
+            let EventKind::Relayed(v) = &events[0].event else { panic!("not relayed") };
+            proptest::prop_assert_eq!(v.visitor.get(), visitor.as_str());
+            proptest::prop_assert_eq!(events[0].timestamp, ts);
+        }
+    }
+
     #[test]
     fn too_many_visitors() {
         let two = format!("{VISITOR},{VISITOR}");
