@@ -585,3 +585,30 @@ async fn relayed_and_daemon_events_share_the_flusher_and_rejects_are_dead_letter
     assert_eq!((daemon, relayed), (1.0, 4.0));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_that_cannot_be_made_durable_answer_503_with_retry_after() {
+    // Room for one event in the producer's channel: a payload of two is refused whole.
+    let app = common::spawn_app(
+        "relay-full",
+        &[("BUCKETD__EVENTS__CHANNEL_CAPACITY", "1".into())],
+    )
+    .await;
+    let r = app
+        .client
+        .post(app.url("/v1/events"))
+        .json(&payload("js", &["a", "b"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("retry later"),
+        "{body}"
+    );
+    let (status, _) = app.post_json("/v1/events", &payload("js", &["a"])).await;
+    assert_eq!(status, 204, "one event fits");
+    app.stop().await;
+}
