@@ -7,8 +7,9 @@
 //! must receive every event the SDK sent, in bulk, each visitor object byte-equal to the SDK's.
 //! A second test kills the daemon with SIGKILL while many clients post the SDK's payloads and
 //! checks that every payload answered 2xx arrives after the restart. The rest: malformed
-//! payloads (400/413/422 with a JSON error), and relayed and daemon events sharing the queue
-//! and flusher, with what the endpoint rejects dead-lettered.
+//! payloads (400/413/422 with a JSON error), a payload that cannot be made durable (503 +
+//! `Retry-After`), and relayed and daemon events sharing the queue and flusher, with what the
+//! endpoint rejects dead-lettered.
 //!
 //! Environment: `BUCKETD_PARITY_PYTHON` (a Python with `optimizely-sdk`; default
 //! `.venv/bin/python`). Without one the SDK tests skip locally and fail in CI.
