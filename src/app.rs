@@ -187,6 +187,7 @@ impl App {
                     .unwrap_or(0),
                 admin_token: settings.admin_token.clone(),
                 agent_api: settings.agent_api.clone(),
+                relay: settings.events.relay,
                 connections: crate::http::ConnectionLimits {
                     max_connections: settings.server.max_connections,
                     idle_timeout: settings.server.idle_timeout,

@@ -145,6 +145,17 @@ pub struct EventSettings {
     pub ack_timeout: Duration,
     /// Bound on the record bytes in the in-process buffer.
     pub channel_max_bytes: usize,
+    /// Bounds of the event relay (`events.relay`).
+    pub relay: RelaySettings,
+}
+
+/// What one payload posted to the event relay (`POST /v1/events`) may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// Largest request body (413 above).
+    pub max_body_bytes: usize,
+    /// Most visitors in one payload (422 above).
+    pub max_visitors: usize,
 }
 
 /// Flusher settings.

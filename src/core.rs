@@ -12,7 +12,8 @@
 //! 3. `project` (+ `project/build`: the compile steps): datafile, audience, bucketing, variables,
 //!    events;
 //! 4. over the project: `overrides`, `optimizely_config`, `emit` (builds impression and
-//!    conversion records); `payload` renders event records (events only);
+//!    conversion records); `payload` renders event records (events only); `relay` parses
+//!    the v1 payloads SDKs post into event records (events only);
 //! 5. `decide` (+ `decide/*`): everything above; nothing imports it but the crate outside `core`.
 
 pub mod audience;
@@ -28,6 +29,7 @@ pub mod payload;
 pub mod profile;
 pub mod project;
 pub mod reasons;
+pub mod relay;
 pub mod semver;
 pub mod user;
 pub mod variables;

@@ -53,6 +53,8 @@ pub struct HttpConfig {
     pub agent_api: AgentApiSettings,
     /// Bounds of connections (see [`listener`] and [`conn`]).
     pub connections: ConnectionLimits,
+    /// Bounds of the event relay's payloads (`events.relay`).
+    pub relay: crate::config::RelaySettings,
 }
 
 /// How long connections may stay, and how many (from the `server` settings).
@@ -80,6 +82,8 @@ pub struct HttpState {
     /// Bounds of `/v1/batch`.
     pub(crate) agent_api: AgentApiSettings,
     pub(crate) connections: ConnectionLimits,
+    /// Bounds of `POST /v1/events`.
+    pub(crate) relay: crate::config::RelaySettings,
 }
 
 impl HttpState {
@@ -99,6 +103,7 @@ impl HttpState {
             admin_token: config.admin_token,
             agent_api: config.agent_api,
             connections: config.connections,
+            relay: config.relay,
         }
     }
 }

@@ -27,12 +27,13 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    Events,
     Other,
 }
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 20] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -51,6 +52,7 @@ impl Route {
         Route::Health,
         Route::Ready,
         Route::Metrics,
+        Route::Events,
         Route::Other,
     ];
 
@@ -75,6 +77,7 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::Events => "events",
             Route::Other => "other",
         }
     }
@@ -113,6 +116,11 @@ pub struct Metrics {
     pub profile_breaker_open: IntGauge,
     pub profile_cache: IntCounterVec,
     pub events_enqueued: IntCounter,
+    /// Events received by source: `daemon` (its own decisions and conversions) or `relay`
+    /// (visitors SDKs posted to `POST /v1/events`).
+    pub events_received: IntCounterVec,
+    /// Relay payloads refused by reason (`malformed`, `too_large`, `too_many_visitors`).
+    pub relay_rejected: IntCounterVec,
     pub events_dropped: IntCounterVec,
     pub events_published: IntCounterVec,
     pub events_spooled: IntCounter,
@@ -285,6 +293,22 @@ impl Metrics {
                 int_counter(
                     "bucketd_events_enqueued_total",
                     "Events handed to the event producer"
+                )
+            ),
+            events_received: register!(
+                r,
+                counter_vec(
+                    "bucketd_events_received_total",
+                    "Events received, by source (daemon: its own; relay: posted by SDKs)",
+                    &["source"]
+                )
+            ),
+            relay_rejected: register!(
+                r,
+                counter_vec(
+                    "bucketd_relay_payloads_rejected_total",
+                    "Event payloads POST /v1/events refused, by reason",
+                    &["reason"]
                 )
             ),
             events_dropped: register!(

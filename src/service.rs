@@ -231,6 +231,10 @@ impl Service {
     /// durable mode; a failure is noted for the HTTP layer, which answers 503).
     async fn finish(&self, changed: Option<UserProfile>, events: Vec<UserEvent>) {
         // Handed over first, so the profile save overlaps the events' fsync / publish.
+        self.metrics
+            .events_received
+            .with_label_values(&["daemon"])
+            .inc_by(events.len() as u64);
         let recorded = (!events.is_empty()).then(|| self.events.send(events));
         if let Some(profile) = changed {
             self.profiles.save(&profile).await;

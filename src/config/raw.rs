@@ -232,6 +232,27 @@ pub struct EventsSection {
     pub channel_max_bytes: usize,
     /// The queue backend's keys, `type` included (the backends crate validates them).
     pub queue: Map<String, Value>,
+    /// Bounds of the event relay (`POST /v1/events`).
+    pub relay: RelaySection,
+}
+
+/// `[events.relay]`: what one payload an SDK posts may hold.
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySection {
+    /// Largest request body (413 above).
+    pub max_body_bytes: usize,
+    /// Most visitors in one payload (422 above).
+    pub max_visitors: usize,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_visitors: 1000,
+        }
+    }
 }
 
 impl Default for EventsSection {
@@ -243,6 +264,7 @@ impl Default for EventsSection {
             ack_timeout: Duration::from_secs(5),
             channel_max_bytes: 64 << 20,
             queue: Map::from_iter([("type".into(), Value::from(DEFAULT_QUEUE_TYPE))]),
+            relay: RelaySection::default(),
         }
     }
 }
@@ -550,6 +572,12 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
     if e.ack_timeout.is_zero() {
         return Err(invalid("events.ack_timeout", "must be longer than zero"));
     }
+    if e.relay.max_body_bytes == 0 {
+        return Err(invalid("events.relay.max_body_bytes", "must be at least 1"));
+    }
+    if e.relay.max_visitors == 0 {
+        return Err(invalid("events.relay.max_visitors", "must be at least 1"));
+    }
     Ok(EventSettings {
         endpoint,
         queue,
@@ -558,6 +586,10 @@ pub(super) fn events(e: &EventsSection, state_dir: &Path) -> Result<EventSetting
         ack,
         ack_timeout: e.ack_timeout,
         channel_max_bytes: e.channel_max_bytes.max(1),
+        relay: super::RelaySettings {
+            max_body_bytes: e.relay.max_body_bytes,
+            max_visitors: e.relay.max_visitors,
+        },
     })
 }
 

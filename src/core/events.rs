@@ -6,6 +6,7 @@
 //! know no project index; `emit` builds them from one.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 use std::sync::Arc;
 
@@ -77,6 +78,62 @@ pub struct Conversion {
 pub enum EventKind {
     Impression(ImpressionDecision),
     Conversion(Conversion),
+    /// A visitor an SDK posted to the event relay, kept as it was sent (see [`super::relay`]).
+    Relayed(RelayedVisitor),
+}
+
+/// The fields of a relayed v1 payload other than its visitors, as the SDK sent them: relayed
+/// visitors share a request only when these are equal (and never with the daemon's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayEnvelope {
+    pub account_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymize_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrich_decisions: Option<bool>,
+    /// Any other top-level field, kept in the SDK's order.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One relayed visitor: its payload's envelope and the visitor object byte for byte as the SDK
+/// sent it (stored as a JSON string in the record, checked to be JSON again when read back,
+/// rendered verbatim).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayedVisitor {
+    pub envelope: Arc<RelayEnvelope>,
+    #[serde(with = "verbatim")]
+    pub visitor: Box<RawValue>,
+}
+
+impl PartialEq for RelayedVisitor {
+    fn eq(&self, other: &Self) -> bool {
+        self.envelope == other.envelope && self.visitor.get() == other.visitor.get()
+    }
+}
+
+/// A raw JSON value stored as a string (so it survives any container, internally tagged enums
+/// included, byte for byte).
+mod verbatim {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(raw: &RawValue, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(raw.get())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<RawValue>, D::Error> {
+        RawValue::from_string(String::deserialize(d)?).map_err(D::Error::custom)
+    }
 }
 
 /// One user event, ready to be queued and later rendered.

@@ -2,9 +2,14 @@
 //!
 //! Events are grouped by [`EventContext`] (account, project, revision, anonymize_ip, region) in
 //! the order groups first appear; each group becomes one payload with one visitor per event.
+//! Relayed visitors (posted by SDKs, see [`super::relay`]) are grouped by their payload's
+//! envelope as well and rendered with that envelope and each visitor verbatim.
 
-use super::events::{EventContext, EventKind, UserEvent, VisitorAttribute, ACTIVATE_EVENT_KEY};
+use super::events::{
+    EventContext, EventKind, RelayEnvelope, UserEvent, VisitorAttribute, ACTIVATE_EVENT_KEY,
+};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 /// The US event endpoint.
@@ -39,6 +44,23 @@ pub struct EventBatch<'a> {
     pub anonymize_ip: bool,
     pub enrich_decisions: bool,
     pub visitors: Vec<Visitor<'a>>,
+}
+
+/// The body of one request of relayed visitors: the SDKs' shared envelope, then the visitors
+/// exactly as they were posted.
+#[derive(Debug, Serialize)]
+pub struct RelayedBatch<'a> {
+    #[serde(flatten)]
+    pub envelope: &'a RelayEnvelope,
+    pub visitors: Vec<&'a RawValue>,
+}
+
+/// The body of one request: the daemon's own events, or relayed visitors.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Body<'a> {
+    Daemon(EventBatch<'a>),
+    Relayed(RelayedBatch<'a>),
 }
 
 /// One visitor: one snapshot per event.
@@ -76,13 +98,15 @@ pub struct SnapshotEvent<'a> {
 #[derive(Debug)]
 pub struct RenderedBatch<'a> {
     pub context: &'a EventContext,
-    pub batch: EventBatch<'a>,
+    pub batch: Body<'a>,
     /// Indexes of the events (into the rendered slice) this batch carries.
     pub events: Vec<usize>,
 }
 
-fn visitor(event: &UserEvent) -> Visitor<'_> {
+/// A daemon event's visitor (`None` for a relayed one, which is rendered verbatim).
+fn visitor(event: &UserEvent) -> Option<Visitor<'_>> {
     let snapshot = match &event.event {
+        EventKind::Relayed(_) => return None,
         EventKind::Impression(d) => Snapshot {
             decisions: Some([d]),
             events: [SnapshotEvent {
@@ -108,10 +132,51 @@ fn visitor(event: &UserEvent) -> Visitor<'_> {
             }],
         },
     };
-    Visitor {
+    Some(Visitor {
         snapshots: vec![snapshot],
         attributes: &event.attributes,
         visitor_id: &event.visitor_id,
+    })
+}
+
+/// Whether `event` belongs in `batch`: the same context, and for relayed visitors the same
+/// envelope (relayed and daemon events never share a request).
+fn same_group(batch: &RenderedBatch<'_>, event: &UserEvent) -> bool {
+    if *batch.context != *event.context {
+        return false;
+    }
+    match (&batch.batch, &event.event) {
+        (Body::Relayed(b), EventKind::Relayed(v)) => {
+            std::ptr::eq(b.envelope, &*v.envelope) || *b.envelope == *v.envelope
+        }
+        (Body::Daemon(_), EventKind::Relayed(_)) | (Body::Relayed(_), _) => false,
+        (Body::Daemon(_), _) => true,
+    }
+}
+
+/// A new, empty batch for `event`'s group.
+fn open_batch<'a>(event: &'a UserEvent, client: &Client<'a>) -> RenderedBatch<'a> {
+    let c = &event.context;
+    let batch = match &event.event {
+        EventKind::Relayed(v) => Body::Relayed(RelayedBatch {
+            envelope: &v.envelope,
+            visitors: Vec::new(),
+        }),
+        _ => Body::Daemon(EventBatch {
+            account_id: &c.account_id,
+            project_id: &c.project_id,
+            revision: &c.revision,
+            client_name: client.name,
+            client_version: client.version,
+            anonymize_ip: c.anonymize_ip,
+            enrich_decisions: true,
+            visitors: Vec::new(),
+        }),
+    };
+    RenderedBatch {
+        context: c,
+        batch,
+        events: Vec::new(),
     }
 }
 
@@ -123,29 +188,21 @@ where
 {
     let mut out: Vec<RenderedBatch<'a>> = Vec::new();
     for (i, event) in events.into_iter().enumerate() {
-        let pos = match out.iter().position(|b| *b.context == *event.context) {
+        let pos = match out.iter().position(|b| same_group(b, event)) {
             Some(p) => p,
             None => {
-                let c = &event.context;
-                out.push(RenderedBatch {
-                    context: c,
-                    batch: EventBatch {
-                        account_id: &c.account_id,
-                        project_id: &c.project_id,
-                        revision: &c.revision,
-                        client_name: client.name,
-                        client_version: client.version,
-                        anonymize_ip: c.anonymize_ip,
-                        enrich_decisions: true,
-                        visitors: Vec::new(),
-                    },
-                    events: Vec::new(),
-                });
+                out.push(open_batch(event, client));
                 out.len() - 1
             }
         };
-        out[pos].batch.visitors.push(visitor(event));
-        out[pos].events.push(i);
+        let group = &mut out[pos];
+        match (&mut group.batch, &event.event) {
+            (Body::Relayed(b), EventKind::Relayed(v)) => b.visitors.push(&v.visitor),
+            (Body::Daemon(b), _) => b.visitors.extend(visitor(event)),
+            // `same_group` never puts a daemon event in a relayed batch.
+            (Body::Relayed(_), _) => continue,
+        }
+        group.events.push(i);
     }
     out
 }
@@ -225,6 +282,34 @@ mod tests {
         assert!(conv.get("decisions").is_none());
         assert_eq!(conv["events"][0]["revenue"], json!(5));
         assert!(conv["events"][0].get("value").is_none());
+    }
+
+    fn relayed(client_version: &str, visitor_id: &str) -> Vec<UserEvent> {
+        let body = format!(
+            r#"{{"account_id": "1", "project_id": "2", "revision": "3", "client_name": "python-sdk", "client_version": "{client_version}", "anonymize_ip": true, "enrich_decisions": true, "visitors": [{{"snapshots": [{{"events": [{{"entity_id": "9", "key": "buy", "uuid": "{visitor_id}", "timestamp": 1, "tags": {{"a": 1.50}}}}]}}], "attributes": [], "visitor_id": "{visitor_id}"}}]}}"#
+        );
+        super::super::relay::parse(body.as_bytes(), 10, "US").unwrap()
+    }
+
+    #[test]
+    fn relayed_visitors_group_by_envelope_and_render_verbatim() {
+        let mut events = relayed("5.7.0", "a");
+        events.extend(relayed("5.6.0", "b"));
+        events.extend(relayed("5.7.0", "c"));
+        let mut daemon = impression("3", "d");
+        daemon.context = events[0].context.clone();
+        events.push(daemon);
+        let client = Client {
+            name: "bucketd",
+            version: "0.1.0",
+        };
+        let batches = render(&events, &client);
+        let groups: Vec<Vec<usize>> = batches.iter().map(|b| b.events.clone()).collect();
+        assert_eq!(groups, vec![vec![0, 2], vec![1], vec![3]]);
+        let body = String::from_utf8(serde_json::to_vec(&batches[0].batch).unwrap()).unwrap();
+        assert!(body.starts_with(r#"{"account_id":"1","project_id":"2","revision":"3","client_name":"python-sdk","client_version":"5.7.0","anonymize_ip":true,"enrich_decisions":true,"visitors":[{"snapshots": [{"events": [{"entity_id": "9", "key": "buy", "uuid": "a", "timestamp": 1, "tags": {"a": 1.50}}]}], "attributes": [], "visitor_id": "a"},"#), "{body}");
+        let daemon = serde_json::to_value(&batches[2].batch).unwrap();
+        assert_eq!(daemon["client_name"], json!("bucketd"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::response::Resp;
-use super::{agent, bucketer, ops, HttpState};
+use super::{agent, bucketer, ops, sdk, HttpState};
 use crate::metrics::Route;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -31,7 +31,7 @@ pub struct RouteDef {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 18] = [
+pub static ROUTES: [RouteDef; 19] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -141,6 +141,12 @@ pub static ROUTES: [RouteDef; 18] = [
         path: "/metrics",
         label: Route::Metrics,
         handler: |s, _, _| Box::pin(async move { ops::metrics::metrics(&s).await }),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/v1/events",
+        label: Route::Events,
+        handler: |s, r, _| Box::pin(async move { sdk::events(&s, r).await }),
     },
 ];
 

@@ -3,6 +3,8 @@
 //! It collects up to `batch_size` records or until `flush_interval`, groups them by context
 //! (account, project, revision, anonymize_ip, region), renders each group as ONE payload with
 //! many visitors (split to stay under `max_request_bytes`), and POSTs them reusing connections.
+//! Visitors relayed from SDKs (`POST /v1/events`) share the queue and this loop; they are
+//! grouped by their payload's envelope too and rendered verbatim (see [`crate::core::payload`]).
 //! Records are acknowledged only after a 2xx (at-least-once; every event carries its uuid).
 //! 5xx, timeouts and connection errors are retried with exponential backoff and jitter, never
 //! acknowledged. A 4xx splits the batch to isolate the events the endpoint rejects; those go to

@@ -20,6 +20,8 @@ pub struct Recorded {
     pub duplicates: usize,
     /// Distinct `visitor_id`s of the events received.
     pub visitors: HashSet<String>,
+    /// Every accepted request body as received (byte-level checks).
+    pub bodies: Vec<Bytes>,
 }
 
 /// The sink's shared state.
@@ -130,6 +132,7 @@ impl Sink {
             }
         }
         rec.payloads.push(v);
+        rec.bodies.push(body.clone());
         respond(204)
     }
 

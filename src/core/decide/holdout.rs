@@ -274,7 +274,9 @@ mod tests {
                     d.metadata.rule_key.clone(),
                     d.campaign_id.clone(),
                 ),
-                EventKind::Conversion(_) => panic!("a conversion from decide"),
+                EventKind::Conversion(_) | EventKind::Relayed(_) => {
+                    panic!("a conversion from decide")
+                }
             })
             .collect()
     }

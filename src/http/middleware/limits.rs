@@ -50,7 +50,8 @@ impl Limits {
         self.read_body_up_to(req, self.max_datafile_bytes).await
     }
 
-    async fn read_body_up_to(
+    /// Reads the body, refusing one larger than `limit` (a route with its own bound).
+    pub async fn read_body_up_to(
         &self,
         req: Request<Incoming>,
         limit: usize,
