@@ -27,12 +27,13 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    OAuthToken,
     Other,
 }
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 20] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -51,6 +52,7 @@ impl Route {
         Route::Health,
         Route::Ready,
         Route::Metrics,
+        Route::OAuthToken,
         Route::Other,
     ];
 
@@ -75,6 +77,7 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::OAuthToken => "oauth_token",
             Route::Other => "other",
         }
     }
