@@ -19,7 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Shortest time between two fetches caused by unknown `kid`s.
+/// Shortest time between two fetches caused by unknown `kid`s (the scheduled ones do not
+/// count: the first token of a rotated key is accepted at once).
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 
 /// Why a fetch failed.
@@ -48,7 +49,8 @@ pub struct Jwks {
     settings: JwksSettings,
     client: reqwest::Client,
     keys: ArcSwap<HashMap<String, JwksKey>>,
-    /// When the last fetch started (`None`: never), held while a fetch runs.
+    /// When the last fetch for an unknown `kid` started (`None`: never); held while any
+    /// fetch runs.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -93,8 +95,7 @@ impl Jwks {
 
     /// Fetches now and installs the set (the old one stays on failure).
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
+        let _running = self.last_fetch.lock().await;
         self.fetch().await
     }
 
