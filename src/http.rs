@@ -96,7 +96,7 @@ pub struct HttpState {
     pub(crate) auth: Authenticator,
     /// `POST /oauth/token`.
     pub(crate) token_issuer: ops::oauth::TokenIssuer,
-    pub(crate) cors: Option<Cors>,
+    pub(crate) cors: Option<Arc<Cors>>,
     pub(crate) tls: Option<Arc<tls::Tls>>,
     /// The SDK key of the project a request without one is served (for token scopes).
     default_sdk_key: Option<String>,
@@ -126,7 +126,7 @@ impl HttpState {
             connections: config.connections,
             auth: Authenticator::new(&config.auth),
             token_issuer: ops::oauth::TokenIssuer::new(&config.auth),
-            cors: config.cors.map(Cors::new),
+            cors: config.cors.map(|c| Arc::new(Cors::new(c))),
             tls: config.tls,
         }
     }
@@ -164,11 +164,13 @@ pub async fn handle(
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let metrics = state.metrics.clone();
-    let cors = state.cors.as_ref().map(|c| {
+    // CORS off: nothing is cloned or looked at here.
+    let cors = state.cors.clone().map(|policy| {
         let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-        (c.preflight(&req), origin)
+        let preflight = policy.preflight(&req);
+        (policy, preflight, origin)
     });
-    if let Some((Some(preflight), _)) = cors {
+    if let Some((_, Some(preflight), _)) = cors {
         let label = routes::label_of(req.uri().path());
         metrics.http_request(
             label,
@@ -177,7 +179,6 @@ pub async fn handle(
         );
         return Ok(preflight);
     }
-    let state_for_cors = state.clone();
     let ((label, result), unrecorded) = crate::pipeline::ack::track(async {
         match state.limits.check_query(&req) {
             Err(e) => (crate::metrics::Route::Other, Err(e)),
@@ -194,7 +195,7 @@ pub async fn handle(
         (Err(e), _) => error_response(&e),
     };
     let mut resp = resp;
-    if let (Some(policy), Some((_, origin))) = (&state_for_cors.cors, &cors) {
+    if let Some((policy, _, origin)) = &cors {
         policy.decorate(origin.as_ref(), &mut resp);
     }
     metrics.http_request(
