@@ -56,6 +56,8 @@ pub enum StartError {
     Flusher(FlusherError),
     #[error(transparent)]
     Cmab(#[from] crate::service::cmab::CmabSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::http::tls::TlsError),
     #[error("project {project}: no datafile (source unavailable and no cached copy): {message}")]
     NoDatafile { project: String, message: String },
 }
@@ -66,6 +68,8 @@ pub struct App {
     grace: Duration,
     /// Re-read on SIGHUP (none in flush mode).
     projects: Vec<Arc<Project>>,
+    /// The listener's certificate, re-read on SIGHUP too.
+    tls: Option<Arc<crate::http::tls::Tls>>,
     /// Background work that drains after the server has stopped.
     workers: TaskTracker,
     workers_cancel: CancellationToken,
@@ -170,6 +174,10 @@ impl App {
             .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?)),
         );
 
+        let tls = match &settings.server.tls {
+            Some(t) => Some(crate::http::tls::Tls::new(t.clone())?),
+            None => None,
+        };
         let (listener, addr) = bind("", settings.server.listen).await?;
         let http = Arc::new(HttpState::new(
             service,
@@ -196,12 +204,19 @@ impl App {
                     http2_keep_alive_interval: settings.server.http2_keep_alive_interval,
                     http2_keep_alive_timeout: settings.server.http2_keep_alive_timeout,
                 },
+                auth: settings.auth.clone(),
+                cors: settings.cors.clone(),
+                tls: tls.clone(),
             },
         ));
+        if let Some(jwks) = http.jwks() {
+            workers.spawn(jwks.run(workers_cancel.clone()));
+        }
         Ok(Self {
             mode: Mode::Serve,
             grace: settings.server.shutdown_grace,
             projects,
+            tls,
             workers,
             workers_cancel,
             server: Server::Api(listener, addr, http),
@@ -238,6 +253,7 @@ impl App {
             mode: Mode::Flush,
             grace: settings.server.shutdown_grace,
             projects: Vec::new(),
+            tls: None,
             workers,
             workers_cancel,
             server,
@@ -284,6 +300,10 @@ impl App {
                     tracing::info!("SIGHUP: re-reading datafiles");
                     for p in &self.projects {
                         p.request_refresh();
+                    }
+                    if let Some(tls) = &self.tls {
+                        // A failure is logged; the current certificate stays.
+                        let _ = tls.reload();
                     }
                 }
             }

@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DatafileCommand,
     },
+    /// API authentication helpers.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Print one decision for a datafile, user and attributes (no daemon needed).
     Decide {
         #[arg(long)]
@@ -55,6 +60,17 @@ pub enum Command {
         #[arg(long)]
         attrs: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Print a new random client secret and the `secret_hash` for `[[api.auth.clients]]`
+    /// (the Optimizely Agent's format: base64 secret, base64 of its bcrypt hash).
+    Client,
+    /// Print a new random HS256 key for `api.auth.hmac_secrets`.
+    HmacSecret,
+    /// Print a new random static API token and the `sha256` for `[[api.auth.tokens]]`.
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +107,7 @@ pub async fn without_config(command: Command) -> ControlFlow<ExitCode, Command> 
                 ExitCode::from(EX_DATAERR),
             )
         }
+        Command::Auth { command } => report(auth_helper(command), ExitCode::FAILURE),
         command => return ControlFlow::Continue(command),
     })
 }
@@ -184,6 +201,37 @@ pub async fn fetch_datafile(
         out.display(),
         config.revision
     ))
+}
+
+/// `bucketd auth ...`: new secrets and their hashes.
+fn auth_helper(command: AuthCommand) -> anyhow::Result<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let random = || {
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(16) {
+            chunk.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        }
+        bytes
+    };
+    Ok(match command {
+        AuthCommand::Client => {
+            let secret = random();
+            let hash = bcrypt::hash(secret, 12)?;
+            format!(
+                "client_secret = {}\nsecret_hash = \"{}\"",
+                b64.encode(secret),
+                b64.encode(hash)
+            )
+        }
+        AuthCommand::HmacSecret => format!("hmac_secrets = [\"{}\"]", b64.encode(random())),
+        AuthCommand::Token => {
+            use sha2::Digest;
+            let token = hex::encode(random());
+            let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+            format!("token = {token}\nsha256 = \"{digest}\"")
+        }
+    })
 }
 
 /// `bucketd decide`: one decision as JSON.

@@ -5,9 +5,11 @@
 //! environment map instead of mutating the process environment.
 
 mod agent_api;
+mod edge;
 mod raw;
 
 pub use agent_api::{AgentApiSettings, OdpSettings, SegmentsCacheConfig};
+pub use edge::{AuthSettings, CorsSettings, JwksSettings, OAuthClient, StaticToken, TlsSettings};
 
 use backends::{EventQueueConfig, ProfileStoreConfig};
 use std::collections::HashMap;
@@ -98,6 +100,8 @@ pub struct ServerSettings {
     pub http2_max_header_list_bytes: u32,
     pub http2_keep_alive_interval: Duration,
     pub http2_keep_alive_timeout: Duration,
+    /// `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Log output format.
@@ -227,6 +231,10 @@ pub struct Settings {
     pub events: EventSettings,
     pub flusher: FlusherSettings,
     pub cmab: CmabSettings,
+    /// `[api.auth]`: who may call the API (off unless a verifier is configured).
+    pub auth: AuthSettings,
+    /// `[api.cors]` (`None`: off).
+    pub cors: Option<CorsSettings>,
 }
 
 /// Loads defaults, the file (when given or when `config.toml` exists) and the environment map.
@@ -302,6 +310,7 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
             "server.http2_keep_alive_timeout",
             raw.server.http2_keep_alive_timeout,
         )?,
+        tls: edge::tls(&raw.server.tls)?,
     };
 
     let mut projects = Vec::new();
@@ -375,6 +384,8 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         events,
         flusher,
         cmab,
+        auth: edge::auth(&raw.api.auth)?,
+        cors: edge::cors(&raw.api.cors)?,
     })
 }
 

@@ -8,7 +8,10 @@
 //! answer with typed response structs; every failure is an [`error::ApiError`] rendered as
 //! `{"error": "..."}` with its status. [`listener`] bounds the connections (eviction of silent
 //! ones, shedding, descriptor exhaustion) and [`conn`] each connection's time without a
-//! request; HTTP/2 gets a keep-alive ping, a stream bound and a header-list bound.
+//! request; HTTP/2 gets a keep-alive ping, a stream bound and a header-list bound. With
+//! `[server.tls]`, [`tls`] terminates TLS on the same listener (the handshake counts against the
+//! first-request deadline); [`middleware::cors`] answers preflights before routing and
+//! [`middleware::auth`] checks API tokens per route.
 
 pub mod agent;
 pub mod bucketer;
@@ -21,6 +24,7 @@ pub mod params;
 pub mod response;
 pub mod routes;
 pub mod sdk;
+pub mod tls;
 
 pub use ops::status;
 
@@ -30,6 +34,8 @@ use crate::service::Service;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use middleware::auth::{Access, AuthError, Authenticator};
+use middleware::cors::Cors;
 use middleware::limits::Limits;
 use response::{error_response, Resp};
 use std::convert::Infallible;
@@ -55,6 +61,12 @@ pub struct HttpConfig {
     pub connections: ConnectionLimits,
     /// Bounds of the event relay's payloads (`events.relay`).
     pub relay: crate::config::RelaySettings,
+    /// `[api.auth]`.
+    pub auth: crate::config::AuthSettings,
+    /// `[api.cors]` (`None`: off).
+    pub cors: Option<crate::config::CorsSettings>,
+    /// The listener's TLS (`None`: plain TCP).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// How long connections may stay, and how many (from the `server` settings).
@@ -84,12 +96,25 @@ pub struct HttpState {
     pub(crate) connections: ConnectionLimits,
     /// Bounds of `POST /v1/events`.
     pub(crate) relay: crate::config::RelaySettings,
+    /// API token checks (`[api.auth]`).
+    pub(crate) auth: Authenticator,
+    /// `POST /oauth/token`.
+    pub(crate) token_issuer: ops::oauth::TokenIssuer,
+    pub(crate) cors: Option<Arc<Cors>>,
+    pub(crate) tls: Option<Arc<tls::Tls>>,
+    /// The SDK key of the project a request without one is served (for token scopes).
+    default_sdk_key: Option<String>,
 }
 
 impl HttpState {
     /// The state of a server in front of `service`.
     pub fn new(service: Arc<Service>, config: HttpConfig) -> Self {
+        let default_sdk_key = service
+            .projects
+            .first()
+            .and_then(|p| p.settings.sdk_key.clone());
         Self {
+            default_sdk_key,
             metrics: service.metrics.clone(),
             service,
             limits: Limits {
@@ -104,7 +129,35 @@ impl HttpState {
             agent_api: config.agent_api,
             connections: config.connections,
             relay: config.relay,
+            auth: Authenticator::new(&config.auth),
+            token_issuer: ops::oauth::TokenIssuer::new(&config.auth),
+            cors: config.cors.map(|c| Arc::new(Cors::new(c))),
+            tls: config.tls,
         }
+    }
+
+    /// The JWKS cache to keep fresh, when `[api.auth] jwks_url` is set.
+    pub fn jwks(&self) -> Option<Arc<crate::service::auth_jwks::Jwks>> {
+        self.auth.jwks()
+    }
+
+    /// The listener's TLS, for reloads.
+    pub fn tls(&self) -> Option<Arc<tls::Tls>> {
+        self.tls.clone()
+    }
+
+    /// Checks the request's API token for a route with `access`.
+    pub(crate) async fn authorize<B>(
+        &self,
+        req: &Request<B>,
+        access: Access,
+    ) -> Result<(), AuthError> {
+        if !self.auth.enabled() || access == Access::Open {
+            return Ok(());
+        }
+        self.auth
+            .authorize(req, access, self.default_sdk_key.as_deref())
+            .await
     }
 }
 
@@ -116,6 +169,21 @@ pub async fn handle(
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let metrics = state.metrics.clone();
+    // CORS off: nothing is cloned or looked at here.
+    let cors = state.cors.clone().map(|policy| {
+        let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+        let preflight = policy.preflight(&req);
+        (policy, preflight, origin)
+    });
+    if let Some((_, Some(preflight), _)) = cors {
+        let label = routes::label_of(req.uri().path());
+        metrics.http_request(
+            label,
+            preflight.status().as_str(),
+            started.elapsed().as_secs_f64(),
+        );
+        return Ok(preflight);
+    }
     let ((label, result), unrecorded) = crate::pipeline::ack::track(async {
         match state.limits.check_query(&req) {
             Err(e) => (crate::metrics::Route::Other, Err(e)),
@@ -131,6 +199,10 @@ pub async fn handle(
         (Ok(resp), _) => resp,
         (Err(e), _) => error_response(&e),
     };
+    let mut resp = resp;
+    if let Some((policy, _, origin)) = &cors {
+        policy.decorate(origin.as_ref(), &mut resp);
+    }
     metrics.http_request(
         label,
         resp.status().as_str(),
@@ -201,7 +273,10 @@ pub async fn serve(
             listener::Admission::Open(slot) => slot,
             listener::Admission::Shed => {
                 // Best effort, never waiting: the socket buffer of a new connection has room.
-                let _ = stream.try_write(listener::SHED_RESPONSE);
+                // A TLS client could not read a plain answer: it is just closed.
+                if state.tls.is_none() {
+                    let _ = stream.try_write(listener::SHED_RESPONSE);
+                }
                 state.metrics.connection_closed("shed");
                 continue;
             }
@@ -218,13 +293,31 @@ pub async fn serve(
                 Ok::<_, Infallible>(conn::Conn::request_answered(resp, busy))
             }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let watched = graceful.watch(connection.into_owned());
+        let acceptor = state.tls.as_ref().map(|t| t.acceptor());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         let metrics = state.metrics.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
+            // The handshake runs inside the watchdog's first-request deadline too.
+            let served = async {
+                match acceptor {
+                    None => {
+                        let c =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(c.into_owned()).await
+                    }
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => {
+                            let c =
+                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            watcher.watch(c.into_owned()).await
+                        }
+                        Err(e) => Err(format!("TLS handshake: {e}").into()),
+                    },
+                }
+            };
             tokio::select! {
-                r = watched => if let Err(e) = r {
+                r = served => if let Err(e) = r {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 },
                 why = conn.watch(first_request, limits.idle_timeout) => {

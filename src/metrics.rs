@@ -28,6 +28,7 @@ pub enum Route {
     Ready,
     Metrics,
     Events,
+    OAuthToken,
     Other,
 }
 
@@ -53,6 +54,7 @@ impl Route {
         Route::Ready,
         Route::Metrics,
         Route::Events,
+        Route::OAuthToken,
         Route::Other,
     ];
 
@@ -78,6 +80,7 @@ impl Route {
             Route::Ready => "ready",
             Route::Metrics => "metrics",
             Route::Events => "events",
+            Route::OAuthToken => "oauth_token",
             Route::Other => "other",
         }
     }

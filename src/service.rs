@@ -5,6 +5,7 @@
 //! save only in `profiles.save = "sync"` mode.
 
 mod activate;
+pub mod auth_jwks;
 pub mod breaker;
 pub mod cmab;
 mod notify;

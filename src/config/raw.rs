@@ -5,6 +5,7 @@
 //! apply to the chosen `type`.
 
 use super::agent_api::{BatchSection, NotificationsSection, OdpSection};
+use super::edge::{AuthSection, CorsSection, TlsSection};
 use super::{invalid, ConfigError, EventSettings, ProfileSettings, SaveMode};
 use super::{CmabCache, CmabSettings};
 use crate::pipeline::AckMode;
@@ -80,6 +81,7 @@ pub struct ServerSection {
     pub http2_keep_alive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub http2_keep_alive_timeout: Duration,
+    pub tls: TlsSection,
 }
 
 impl Default for ServerSection {
@@ -99,6 +101,7 @@ impl Default for ServerSection {
             http2_max_header_list_bytes: 16_384,
             http2_keep_alive_interval: Duration::from_secs(20),
             http2_keep_alive_timeout: Duration::from_secs(10),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct ApiSection {
     pub max_profile_entries: usize,
     /// Most bytes (as JSON) of a profile written with `/v1/save` (more: 422).
     pub max_profile_bytes: usize,
+    pub auth: AuthSection,
+    pub cors: CorsSection,
 }
 
 impl Default for ApiSection {
@@ -169,6 +174,8 @@ impl Default for ApiSection {
             max_decisions_per_request: 1000,
             max_profile_entries: 1000,
             max_profile_bytes: 64 * 1024,
+            auth: AuthSection::default(),
+            cors: CorsSection::default(),
         }
     }
 }

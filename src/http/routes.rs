@@ -5,6 +5,7 @@
 //! [`crate::http::handle`].)
 
 use super::error::ApiError;
+use super::middleware::auth::{Access, KeyFrom};
 use super::response::Resp;
 use super::{agent, bucketer, ops, sdk, HttpState};
 use crate::metrics::Route;
@@ -22,6 +23,10 @@ pub type Pending = Pin<Box<dyn Future<Output = Result<Resp, ApiError>> + Send>>;
 pub type Handler = fn(Arc<HttpState>, Request<Incoming>, SocketAddr) -> Pending;
 
 /// One route.
+///
+/// Its [`Access`] (whether `[api.auth]` applies) follows from its path, in one place
+/// ([`RouteDef::access`]): a route added under `/v1/`, `/bucketer` or `/datafiles/` needs a
+/// token when auth is on without declaring anything.
 pub struct RouteDef {
     pub method: Method,
     pub path: &'static str,
@@ -30,8 +35,26 @@ pub struct RouteDef {
     pub handler: Handler,
 }
 
+impl RouteDef {
+    /// What the route asks of its callers when `[api.auth]` is on.
+    pub fn access(&self) -> Access {
+        access_of(self.path)
+    }
+}
+
+/// The path-class rule behind [`RouteDef::access`].
+pub fn access_of(path: &str) -> Access {
+    if path.starts_with("/datafiles/") {
+        Access::Token(KeyFrom::DatafilePath)
+    } else if path.starts_with("/v1/") || path == "/bucketer" {
+        Access::Token(KeyFrom::Header)
+    } else {
+        Access::Open
+    }
+}
+
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 19] = [
+pub static ROUTES: [RouteDef; 20] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -148,6 +171,12 @@ pub static ROUTES: [RouteDef; 19] = [
         label: Route::Events,
         handler: |s, r, _| Box::pin(async move { sdk::events(&s, r).await }),
     },
+    RouteDef {
+        method: Method::POST,
+        path: "/oauth/token",
+        label: Route::OAuthToken,
+        handler: |s, r, _| Box::pin(async move { ops::oauth::token(&s, r).await }),
+    },
 ];
 
 /// Where a request goes: its route, or the error and label of a miss.
@@ -177,9 +206,22 @@ pub async fn dispatch(
     peer: SocketAddr,
 ) -> (Route, Result<Resp, ApiError>) {
     match find(req.method(), req.uri().path()) {
-        Ok(route) => (route.label, (route.handler)(state, req, peer).await),
+        Ok(route) => {
+            if let Err(refused) = state.authorize(&req, route.access()).await {
+                return (route.label, Ok(refused.response()));
+            }
+            (route.label, (route.handler)(state, req, peer).await)
+        }
         Err((label, e)) => (label, Err(e)),
     }
+}
+
+/// The metric label of a path (any method), for answers given before routing (preflights).
+pub fn label_of(path: &str) -> Route {
+    ROUTES
+        .iter()
+        .find(|r| r.path == path)
+        .map_or(Route::Other, |r| r.label)
 }
 
 #[cfg(test)]
@@ -208,6 +250,29 @@ mod tests {
                 r.name()
             );
         }
+    }
+
+    #[test]
+    fn the_api_needs_a_token_and_operations_do_not() {
+        let token: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.access() != Access::Open)
+            .map(|r| r.path)
+            .collect();
+        assert!(token.contains(&"/bucketer") && token.contains(&"/v1/decide"));
+        for open in [
+            "/health",
+            "/ready",
+            "/metrics",
+            "/oauth/token",
+            "/admin/datafile",
+        ] {
+            assert!(!token.contains(&open), "{open} needs no API token");
+        }
+        assert_eq!(
+            access_of("/datafiles/k.json"),
+            Access::Token(KeyFrom::DatafilePath)
+        );
     }
 
     #[test]
