@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::response::Resp;
-use super::{agent, bucketer, ops, HttpState};
+use super::{agent, bucketer, ops, sdk, HttpState};
 use crate::metrics::Route;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -31,7 +31,7 @@ pub struct RouteDef {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 18] = [
+pub static ROUTES: [RouteDef; 19] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -142,13 +142,27 @@ pub static ROUTES: [RouteDef; 18] = [
         label: Route::Metrics,
         handler: |s, _, _| Box::pin(async move { ops::metrics::metrics(&s).await }),
     },
+    RouteDef {
+        method: Method::GET,
+        path: "/datafiles/*",
+        label: Route::DatafileMirror,
+        handler: |s, r, _| Box::pin(async move { sdk::datafiles::datafile(&s, r).await }),
+    },
 ];
+
+/// Whether a route's path (exact, or a prefix ending in `*`) matches the request's.
+fn matches(route: &str, path: &str) -> bool {
+    match route.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => route == path,
+    }
+}
 
 /// Where a request goes: its route, or the error and label of a miss.
 fn find(method: &Method, path: &str) -> Result<&'static RouteDef, (Route, ApiError)> {
     let mut same_path = None;
     for route in &ROUTES {
-        if route.path == path {
+        if matches(route.path, path) {
             if route.method == method {
                 return Ok(route);
             }
@@ -171,7 +185,16 @@ pub async fn dispatch(
     peer: SocketAddr,
 ) -> (Route, Result<Resp, ApiError>) {
     match find(req.method(), req.uri().path()) {
-        Ok(route) => (route.label, (route.handler)(state, req, peer).await),
+        Ok(route) => {
+            // An on-demand project a request names is loaded (shared fetch, bounded wait)
+            // before its handler pins it.
+            if let Some(key) = super::params::sdk_key(&req) {
+                if let Err(e) = state.service.prepare(&key).await {
+                    return (route.label, Err(e.into()));
+                }
+            }
+            (route.label, (route.handler)(state, req, peer).await)
+        }
         Err((label, e)) => (label, Err(e)),
     }
 }
