@@ -326,6 +326,17 @@ impl Project {
         }
     }
 
+    /// Installs the last good cached datafile; `Ok(false)` when there is none.
+    pub async fn load_cached(&self) -> Result<bool, SourceError> {
+        let path = &self.settings.cache_path;
+        let Some(config) = cache::load(path).await? else {
+            return Ok(false);
+        };
+        self.install(config, format!("cache:{}", path.display()), false, None)
+            .await;
+        Ok(true)
+    }
+
     /// Start-up: the source, else the last good cached datafile. Errors only when neither works.
     pub async fn load_at_start(&self) -> Result<(), SourceError> {
         match self.load_once().await {

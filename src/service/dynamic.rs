@@ -309,7 +309,7 @@ impl DynamicProjects {
                 let error = classify(&e);
                 // A source that is down (not one that refuses the key) falls back to the cache.
                 if matches!(error, DynamicError::Unavailable(_))
-                    && project.load_at_start().await.is_ok()
+                    && project.load_cached().await.unwrap_or(false)
                 {
                     Ok(())
                 } else {
