@@ -87,6 +87,21 @@ async fn a_new_key_loads_on_first_request_refreshes_and_is_evicted_when_idle() {
         "one shared fetch"
     );
     assert_eq!(metric(&app.base, "bucketd_dynamic_projects ").await, 1.0);
+    // One shared, bounded label; the key is no label.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bucketd_datafile_revision{project=\"on_demand\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("DynKey1"), "{metrics}");
     // Cached under state_dir like a configured project.
     let cached: Vec<String> = std::fs::read_dir(app.dir.join("datafiles"))
         .unwrap()
@@ -246,4 +261,34 @@ async fn configured_only_when_off() {
     assert_eq!(status, 404);
     assert_eq!(cdn.requests("/datafiles/Off1.json"), 0);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn an_on_demand_key_is_served_from_its_cache_when_the_source_is_down() {
+    let cdn = Cdn::start().await;
+    cdn.put("/datafiles/Cached1.json", &all_to("b", "6").to_string());
+    let first = on_demand_app("dynamic-cache", &cdn, &[]).await;
+    assert_eq!(bucket(&first, "Cached1").await, (200, "b".into()));
+    let dir = first.dir.clone();
+    first.stop().await;
+
+    // Same state_dir, source unreachable: the cached copy serves the first request.
+    let mut env: std::collections::HashMap<String, String> = [
+        ("BUCKETD__STATE_DIR", dir.display().to_string()),
+        ("BUCKETD__SERVER__LISTEN", "127.0.0.1:0".into()),
+        ("BUCKETD__FLUSHER__ENABLED", "false".into()),
+        ("BUCKETD__DYNAMIC_PROJECTS__ENABLED", "true".into()),
+        ("BUCKETD__DYNAMIC_PROJECTS__LOAD_TIMEOUT", "1s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.insert(
+        "BUCKETD__DYNAMIC_PROJECTS__URL_TEMPLATE".into(),
+        format!("http://127.0.0.1:{}/{{sdk_key}}.json", common::free_port()),
+    );
+    let settings = bucketd::config::load(None, &env).unwrap();
+    let second = common::start(settings, dir).await.unwrap();
+    assert_eq!(bucket(&second, "Cached1").await, (200, "b".into()));
+    second.stop().await;
 }
