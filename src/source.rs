@@ -67,6 +67,8 @@ pub struct Published {
     pub project: String,
     pub revision: String,
     pub datafile: Arc<str>,
+    /// The source's `Cache-Control`, which the other replicas' mirrors repeat.
+    pub cache_control: Option<String>,
 }
 
 /// One project: its settings and the datafile currently in use.
@@ -173,6 +175,7 @@ impl Project {
                     project: self.fanout_id(),
                     revision: config.revision.clone(),
                     datafile: Arc::from(config.datafile.as_str()),
+                    cache_control: cache_control.clone(),
                 }
             });
         let bytes = bytes::Bytes::from(config.datafile.clone());
@@ -201,7 +204,7 @@ impl Project {
     }
 
     /// [`Self::accept`], remembering the source's `Cache-Control` for the mirror.
-    async fn accept_with(
+    pub async fn accept_with(
         &self,
         bytes: Vec<u8>,
         origin: String,

@@ -112,6 +112,15 @@ async fn a_push_or_webhook_on_one_replica_reaches_the_other_within_a_second() {
     eprintln!("webhook refresh reached the other replica in {took:?}");
     let (_, health) = one.get_json("/health").await;
     assert!(health.to_string().contains("\"3\""), "{health}");
+    // The mirror of the replica that got it through Redis repeats the CDN's Cache-Control.
+    let r = one
+        .client
+        .get(one.url("/datafiles/FanKey.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], common::cdn::CDN_CACHE_CONTROL);
+    assert_eq!(r.text().await.unwrap(), all_to("a", "3").to_string());
     one.stop().await;
     two.stop().await;
 }

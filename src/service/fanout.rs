@@ -46,6 +46,8 @@ struct Message {
     revision: String,
     #[serde(default)]
     datafile: Option<String>,
+    #[serde(default)]
+    cache_control: Option<String>,
 }
 
 /// The projects a message may be for.
@@ -142,6 +144,7 @@ impl Publisher {
                 revision: published.revision,
                 datafile: (published.datafile.len() <= INLINE_MAX_BYTES)
                     .then(|| published.datafile.to_string()),
+                cache_control: published.cache_control,
             };
             let Ok(text) = serde_json::to_string(&message) else {
                 continue;
@@ -267,7 +270,11 @@ impl Subscriber {
         match message.datafile {
             Some(datafile) => {
                 match project
-                    .accept(datafile.into_bytes(), FANOUT_ORIGIN.into())
+                    .accept_with(
+                        datafile.into_bytes(),
+                        FANOUT_ORIGIN.into(),
+                        message.cache_control,
+                    )
                     .await
                 {
                     Ok(()) => self.count("installed"),
