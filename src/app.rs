@@ -58,6 +58,9 @@ pub enum StartError {
     Cmab(#[from] crate::service::cmab::CmabSetupError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::http::tls::TlsError),
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Fanout(#[from] crate::service::fanout::FanoutError),
     #[error("project {project}: no datafile (source unavailable and no cached copy): {message}")]
     NoDatafile { project: String, message: String },
 }
@@ -161,6 +164,28 @@ impl App {
             workers_cancel.clone(),
         );
         workers.spawn(producer);
+        let dynamic = crate::service::dynamic::DynamicProjects::new(
+            settings.dynamic_projects.clone(),
+            settings.state_dir.clone(),
+            projects.len(),
+            metrics.clone(),
+            workers.clone(),
+            workers_cancel.clone(),
+        );
+        #[cfg(feature = "redis")]
+        if let Some(fanout) = &settings.fanout {
+            let targets = crate::service::fanout::Targets {
+                configured: projects.clone(),
+                dynamic: Some(dynamic.clone()),
+            };
+            crate::service::fanout::start(
+                fanout,
+                targets,
+                metrics.clone(),
+                &workers,
+                workers_cancel.clone(),
+            )?;
+        }
         let service = Arc::new(
             Service::new(
                 projects.clone(),
@@ -171,7 +196,8 @@ impl App {
             )
             .with_notifier(notifier(&settings.agent_api))
             .with_odp(settings.odp.clone())
-            .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?)),
+            .with_cmab(Arc::new(CmabService::from_settings(&settings.cmab)?))
+            .with_dynamic(dynamic),
         );
 
         let tls = match &settings.server.tls {

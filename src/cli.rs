@@ -142,19 +142,21 @@ pub async fn check(settings: &Settings) -> anyhow::Result<String> {
                     .with_context(|| format!("project {}: {}", p.name, path.display()))?,
                 path.display().to_string(),
             ),
-            DatafileOrigin::Url(url) => match fetch(url.as_str(), p.fetch_timeout).await {
-                Ok(b) => (b, url.to_string()),
-                Err(e) => match tokio::fs::read(&p.cache_path).await {
-                    Ok(b) => (
-                        b,
-                        format!("cache {} ({url} unreachable: {e})", p.cache_path.display()),
-                    ),
-                    Err(_) => bail!(
-                        "project {}: {url} unreachable ({e}) and no cached datafile",
-                        p.name
-                    ),
-                },
-            },
+            DatafileOrigin::Url(url) => {
+                match fetch(url.as_str(), p.fetch_timeout, p.access_token.as_ref()).await {
+                    Ok(b) => (b, url.to_string()),
+                    Err(e) => match tokio::fs::read(&p.cache_path).await {
+                        Ok(b) => (
+                            b,
+                            format!("cache {} ({url} unreachable: {e})", p.cache_path.display()),
+                        ),
+                        Err(_) => bail!(
+                            "project {}: {url} unreachable ({e}) and no cached datafile",
+                            p.name
+                        ),
+                    },
+                }
+            }
         };
         let config =
             ProjectConfig::parse(&bytes).map_err(|e| anyhow!("project {}: {e}", p.name))?;
@@ -170,9 +172,17 @@ pub async fn check(settings: &Settings) -> anyhow::Result<String> {
     Ok(lines.join("\n"))
 }
 
-async fn fetch(url: &str, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+async fn fetch(
+    url: &str,
+    timeout: Duration,
+    token: Option<&crate::config::Secret>,
+) -> anyhow::Result<Vec<u8>> {
     let client = reqwest::Client::builder().timeout(timeout).build()?;
-    let resp = client.get(url).send().await?;
+    let mut req = client.get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token.expose());
+    }
+    let resp = req.send().await?;
     let status = resp.status();
     if !status.is_success() {
         bail!("HTTP {status}");
@@ -191,7 +201,7 @@ pub async fn fetch_datafile(
         (None, Some(k)) => DEFAULT_DATAFILE_URL_TEMPLATE.replace("{sdk_key}", &k),
         (None, None) => bail!("give --url or --sdk-key"),
     };
-    let bytes = fetch(&url, Duration::from_secs(30))
+    let bytes = fetch(&url, Duration::from_secs(30), None)
         .await
         .with_context(|| format!("fetching {url}"))?;
     let config = ProjectConfig::parse(&bytes).map_err(|e| anyhow!("{url}: {e}"))?;

@@ -21,6 +21,11 @@ use std::time::Duration;
 pub const DEFAULT_DATAFILE_URL_TEMPLATE: &str =
     "https://cdn.optimizely.com/datafiles/{sdk_key}.json";
 
+/// The URL template of secure environments' datafiles (as the SDKs' authenticated config
+/// manager uses it), fetched with `Authorization: Bearer <access token>`.
+pub const DEFAULT_AUTHENTICATED_DATAFILE_URL_TEMPLATE: &str =
+    "https://config.optimizely.com/datafiles/auth/{sdk_key}.json";
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,10 +53,51 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Splits an SDK key as the Agent and SDKs accept it, `sdkKey` or `sdkKey:datafileAccessToken`,
+/// into the key and the secure environment's token (`None` without one or when empty).
+pub fn split_sdk_key(full: &str) -> (&str, Option<Secret>) {
+    match full.split_once(':') {
+        Some((key, token)) if !token.is_empty() => (key, Some(Secret::new(token))),
+        Some((key, _)) => (key, None),
+        None => (full, None),
+    }
+}
+
+/// Whether `key` is an SDK key's shape: non-empty, at most 128 ASCII letters, digits, `_`, `-`.
+pub fn sdk_key_is_valid(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A short, stable form of an SDK key for logs: its first 6 characters and 8 hex digits of its
+/// SHA-1 (tokens are never part of it).
+pub fn short_key(key: &str) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(key.as_bytes());
+    let head: String = key.chars().take(6).collect();
+    format!("{head}~{}", &hex::encode(digest)[..8])
 }
 
 /// Where a project's datafile comes from.
@@ -79,6 +125,35 @@ pub struct ProjectSettings {
     pub cache_path: PathBuf,
     pub webhook_secret: Option<Secret>,
     /// Largest datafile accepted from any source (URL, file, webhook refresh, admin push).
+    pub max_bytes: usize,
+    /// A secure environment's datafile access token (`Authorization: Bearer` on the fetch;
+    /// the mirror serves the datafile only to requests bearing it).
+    pub access_token: Option<Secret>,
+    /// The `project` label of its metrics: the name for configured projects, one shared label
+    /// for on-demand ones (bounded cardinality).
+    pub metric_label: String,
+}
+
+/// `datafile.fanout`: replicas share new datafiles through Redis pub/sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutSettings {
+    pub redis_url: String,
+    pub channel: String,
+}
+
+/// `[dynamic_projects]`, validated.
+#[derive(Debug, Clone)]
+pub struct DynamicProjectsSettings {
+    pub enabled: bool,
+    /// Anchored: the whole key must match.
+    pub allow: Option<regex::Regex>,
+    pub max_projects: usize,
+    pub idle_timeout: Duration,
+    pub load_timeout: Duration,
+    pub failure_ttl: Duration,
+    pub poll_interval: Duration,
+    pub url_template: String,
+    pub authenticated_url_template: String,
     pub max_bytes: usize,
 }
 
@@ -235,6 +310,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[api.cors]` (`None`: off).
     pub cors: Option<CorsSettings>,
+    /// `[dynamic_projects]`.
+    pub dynamic_projects: DynamicProjectsSettings,
+    /// `datafile.fanout` (`None`: each replica on its own).
+    pub fanout: Option<FanoutSettings>,
 }
 
 /// Loads defaults, the file (when given or when `config.toml` exists) and the environment map.
@@ -322,6 +401,17 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
     for (i, p) in raw.projects.iter().enumerate() {
         projects.push(project(&format!("projects[{i}]"), p, &state_dir, i + 1)?);
     }
+    for (i, p) in raw.projects.iter().enumerate() {
+        let defaults = raw::DatafileSection::default();
+        if p.fanout.is_some() || p.fanout_channel != defaults.fanout_channel {
+            return Err(invalid(
+                format!("projects[{i}].fanout"),
+                "fanout is set once, in [datafile]",
+            ));
+        }
+    }
+    let fanout = fanout(&raw.datafile)?;
+    let dynamic_projects = dynamic_projects(&raw.dynamic_projects, raw.datafile.max_bytes)?;
     let mut keys = std::collections::HashSet::new();
     for p in &projects {
         if let Some(k) = &p.sdk_key {
@@ -386,6 +476,64 @@ fn validate(raw: raw::RawConfig) -> Result<Settings, ConfigError> {
         cmab,
         auth: edge::auth(&raw.api.auth)?,
         cors: edge::cors(&raw.api.cors)?,
+        dynamic_projects,
+        fanout,
+    })
+}
+
+fn fanout(d: &raw::DatafileSection) -> Result<Option<FanoutSettings>, ConfigError> {
+    let Some(url) = d.fanout.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(invalid(
+            "datafile.fanout",
+            "expected a redis:// or rediss:// URL",
+        ));
+    }
+    if d.fanout_channel.is_empty() {
+        return Err(invalid("datafile.fanout_channel", "must not be empty"));
+    }
+    Ok(Some(FanoutSettings {
+        redis_url: url.to_string(),
+        channel: d.fanout_channel.clone(),
+    }))
+}
+
+fn dynamic_projects(
+    d: &raw::DynamicProjectsSection,
+    max_bytes: usize,
+) -> Result<DynamicProjectsSettings, ConfigError> {
+    let allow = match d.allow.as_str() {
+        "" => None,
+        pattern => Some(
+            regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map_err(|e| invalid("dynamic_projects.allow", e))?,
+        ),
+    };
+    for (key, template) in [
+        ("dynamic_projects.url_template", &d.url_template),
+        (
+            "dynamic_projects.authenticated_url_template",
+            &d.authenticated_url_template,
+        ),
+    ] {
+        if !template.contains("{sdk_key}") {
+            return Err(invalid(key, "must contain {sdk_key}"));
+        }
+        parse_http_url(key, &template.replace("{sdk_key}", "key"))?;
+    }
+    Ok(DynamicProjectsSettings {
+        enabled: d.enabled,
+        allow,
+        max_projects: nonzero("dynamic_projects.max_projects", d.max_projects)?,
+        idle_timeout: nonzero_duration("dynamic_projects.idle_timeout", d.idle_timeout)?,
+        load_timeout: nonzero_duration("dynamic_projects.load_timeout", d.load_timeout)?,
+        failure_ttl: d.failure_ttl,
+        poll_interval: nonzero_duration("dynamic_projects.poll_interval", d.poll_interval)?,
+        url_template: d.url_template.clone(),
+        authenticated_url_template: d.authenticated_url_template.clone(),
+        max_bytes,
     })
 }
 
@@ -401,24 +549,46 @@ fn project(
             "set either a path or a url, not both",
         ));
     }
+    let (sdk_key, key_token) = match d.sdk_key.as_deref() {
+        Some(full) => {
+            let (k, t) = split_sdk_key(full);
+            (Some(k.to_string()), t)
+        }
+        None => (None, None),
+    };
+    let access_token = match (
+        key_token,
+        d.access_token.as_deref().filter(|t| !t.is_empty()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{key}.access_token"),
+                "set either access_token or sdk_key = \"KEY:TOKEN\", not both",
+            ))
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(t)) => Some(Secret::new(t)),
+        (None, None) => None,
+    };
     let origin = if let Some(p) = &d.path {
         DatafileOrigin::File(p.clone())
     } else if let Some(u) = &d.url {
         DatafileOrigin::Url(parse_http_url(&format!("{key}.url"), u)?)
-    } else if let Some(k) = &d.sdk_key {
-        if k.is_empty()
-            || !k
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+    } else if let Some(k) = &sdk_key {
+        if !sdk_key_is_valid(k) {
             return Err(invalid(
                 format!("{key}.sdk_key"),
                 "must be a non-empty alphanumeric key",
             ));
         }
+        let (template_key, template) = if access_token.is_some() {
+            ("authenticated_url_template", &d.authenticated_url_template)
+        } else {
+            ("url_template", &d.url_template)
+        };
         DatafileOrigin::Url(parse_http_url(
-            &format!("{key}.url_template"),
-            &d.url_template.replace("{sdk_key}", k),
+            &format!("{key}.{template_key}"),
+            &template.replace("{sdk_key}", k),
         )?)
     } else {
         DatafileOrigin::Bundled
@@ -426,7 +596,7 @@ fn project(
     let name = d
         .name
         .clone()
-        .or_else(|| d.sdk_key.clone())
+        .or_else(|| sdk_key.clone())
         .unwrap_or_else(|| {
             if index == 0 {
                 "default".into()
@@ -440,8 +610,10 @@ fn project(
             .join(format!("{}.json", sanitize(&name)))
     });
     Ok(ProjectSettings {
+        metric_label: name.clone(),
         name,
-        sdk_key: d.sdk_key.clone(),
+        sdk_key,
+        access_token,
         origin,
         poll_interval: nonzero_duration(&format!("{key}.poll_interval"), d.poll_interval)?,
         fetch_timeout: nonzero_duration(&format!("{key}.fetch_timeout"), d.fetch_timeout)?,

@@ -29,6 +29,7 @@ pub enum Route {
     Metrics,
     Events,
     OAuthToken,
+    DatafileMirror,
     Other,
 }
 
@@ -55,6 +56,7 @@ impl Route {
         Route::Metrics,
         Route::Events,
         Route::OAuthToken,
+        Route::DatafileMirror,
         Route::Other,
     ];
 
@@ -81,6 +83,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Events => "events",
             Route::OAuthToken => "oauth_token",
+            Route::DatafileMirror => "datafile_mirror",
             Route::Other => "other",
         }
     }
@@ -136,6 +139,13 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_closed: IntCounterVec,
     pub up: Gauge,
+    /// On-demand projects loaded now.
+    pub dynamic_projects: IntGauge,
+    /// On-demand project loads by outcome (loaded, unknown, unavailable, refused_too_many,
+    /// evicted).
+    pub dynamic_project_loads: IntCounterVec,
+    /// Datafiles shared between replicas (`datafile.fanout`) by direction and outcome.
+    pub fanout_messages: IntCounterVec,
     routes: Vec<RouteHandles>,
     /// Handles of the `decisions` counters.
     pub decision_handles: DecisionHandles,
@@ -397,6 +407,27 @@ impl Metrics {
                 r,
                 Gauge::new("bucketd_up", "1 while the daemon runs")
                     .unwrap_or_else(|_| unreachable_metric())
+            ),
+            dynamic_projects: register!(
+                r,
+                IntGauge::new("bucketd_dynamic_projects", "On-demand projects loaded")
+                    .unwrap_or_else(|_| unreachable_metric())
+            ),
+            dynamic_project_loads: register!(
+                r,
+                counter_vec(
+                    "bucketd_dynamic_project_loads_total",
+                    "On-demand project loads and evictions by outcome",
+                    &["outcome"]
+                )
+            ),
+            fanout_messages: register!(
+                r,
+                counter_vec(
+                    "bucketd_fanout_messages_total",
+                    "Datafile announcements between replicas by direction and outcome",
+                    &["direction", "outcome"]
+                )
             ),
             registry: r,
             routes,

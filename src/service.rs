@@ -8,6 +8,9 @@ mod activate;
 pub mod auth_jwks;
 pub mod breaker;
 pub mod cmab;
+pub mod dynamic;
+#[cfg(feature = "redis")]
+pub mod fanout;
 mod notify;
 pub mod odp;
 pub mod profiles;
@@ -18,7 +21,7 @@ mod reset;
 
 pub use activate::{ActivateRequest, ActivateScope, Activated};
 pub use notify::ProjectNotifications;
-pub use projects::{Health, Installed, ProjectHealth, ProjectId, WebhookOutcome};
+pub use projects::{Health, Installed, MirrorRefusal, ProjectHealth, ProjectId, WebhookOutcome};
 
 use crate::core::emit::conversion;
 use crate::core::events::EventStamp;
@@ -53,6 +56,9 @@ pub enum ServiceError {
     /// A pushed datafile was refused (the current one stays).
     #[error("{0}")]
     InvalidDatafile(String),
+    /// An on-demand project cannot be loaded (refused key, source down, too many loaded).
+    #[error(transparent)]
+    OnDemand(#[from] dynamic::DynamicError),
 }
 
 /// Stamps events with a v4 uuid and the current time.
@@ -92,7 +98,7 @@ pub struct TrackAnswer {
 /// The daemon's state shared by all requests.
 pub struct Service {
     pub projects: Vec<Arc<Project>>,
-    overrides: Vec<RwLock<ForcedVariations>>,
+    overrides: Vec<Arc<RwLock<ForcedVariations>>>,
     pub profiles: Arc<ProfileGateway>,
     pub events: Arc<EventSender>,
     pub metrics: Arc<Metrics>,
@@ -103,6 +109,8 @@ pub struct Service {
     odp: odp::Odp,
     /// CMAB predictions (the SDK's defaults unless [`Self::with_cmab`] says otherwise).
     pub cmab: Arc<cmab::CmabService>,
+    /// On-demand projects (`[dynamic_projects]`; `None` when off).
+    pub dynamic: Option<Arc<dynamic::DynamicProjects>>,
 }
 
 /// A project pinned to the datafile it serves right now: one atomic load per request, so every
@@ -111,6 +119,7 @@ pub struct PinnedProject {
     index: usize,
     project: Arc<Project>,
     datafile: Arc<LoadedDatafile>,
+    overrides: Arc<RwLock<ForcedVariations>>,
 }
 
 impl PinnedProject {
@@ -146,7 +155,7 @@ impl Service {
     ) -> Self {
         let overrides = projects
             .iter()
-            .map(|_| RwLock::new(ForcedVariations::default()))
+            .map(|_| Arc::new(RwLock::new(ForcedVariations::default())))
             .collect();
         Self {
             projects,
@@ -164,6 +173,15 @@ impl Service {
                 0,
             ),
             cmab: Arc::new(cmab::CmabService::sdk_default()),
+            dynamic: None,
+        }
+    }
+
+    /// With on-demand projects.
+    pub fn with_dynamic(self, dynamic: Arc<dynamic::DynamicProjects>) -> Self {
+        Self {
+            dynamic: Some(dynamic),
+            ..self
         }
     }
 
@@ -184,26 +202,61 @@ impl Service {
         Self { cmab, ..self }
     }
 
-    /// The project an SDK key selects (the first project without one).
-    fn project(&self, sdk_key: Option<&str>) -> Result<(usize, Arc<Project>), ServiceError> {
+    /// The project an SDK key selects (the first project without one): a configured one by
+    /// its key (a `key:token` form matches on the key), else a loaded on-demand one.
+    #[allow(clippy::type_complexity)]
+    fn project(
+        &self,
+        sdk_key: Option<&str>,
+    ) -> Result<(usize, Arc<Project>, Arc<RwLock<ForcedVariations>>), ServiceError> {
+        let configured = |i: usize| (i, self.projects[i].clone(), self.overrides[i].clone());
         match sdk_key {
-            None | Some("") => self
-                .projects
-                .first()
-                .map(|p| (0, p.clone()))
+            None | Some("") => (!self.projects.is_empty())
+                .then(|| configured(0))
                 .ok_or_else(|| ServiceError::UnknownProject(String::new())),
-            Some(k) => self
+            Some(full) => {
+                let (k, _) = crate::config::split_sdk_key(full);
+                if let Some(i) = self
+                    .projects
+                    .iter()
+                    .position(|p| p.settings.sdk_key.as_deref() == Some(k))
+                {
+                    return Ok(configured(i));
+                }
+                self.dynamic
+                    .as_ref()
+                    .and_then(|d| d.get(full))
+                    .map(|l| (l.index, l.project, l.overrides))
+                    .ok_or_else(|| ServiceError::UnknownProject(k.to_string()))
+            }
+        }
+    }
+
+    /// Loads the on-demand project a request names when it is new (waits for the shared
+    /// fetch); a no-op for configured keys and when on-demand projects are off. A key its
+    /// source does not know is left for [`Self::pin`] to report as unknown.
+    pub async fn prepare(&self, sdk_key: &str) -> Result<(), ServiceError> {
+        let (k, _) = crate::config::split_sdk_key(sdk_key);
+        let Some(dynamic) = self.dynamic.as_ref().filter(|d| d.enabled()) else {
+            return Ok(());
+        };
+        if k.is_empty()
+            || self
                 .projects
                 .iter()
-                .position(|p| p.settings.sdk_key.as_deref() == Some(k))
-                .map(|i| (i, self.projects[i].clone()))
-                .ok_or_else(|| ServiceError::UnknownProject(k.to_string())),
+                .any(|p| p.settings.sdk_key.as_deref() == Some(k))
+        {
+            return Ok(());
+        }
+        match dynamic.get_or_load(sdk_key).await {
+            Ok(_) | Err(dynamic::DynamicError::Unknown(_)) => Ok(()),
+            Err(e) => Err(ServiceError::from(e)),
         }
     }
 
     /// The project an SDK key selects, pinned to its current datafile.
     pub fn pin(&self, sdk_key: Option<&str>) -> Result<PinnedProject, ServiceError> {
-        let (index, project) = self.project(sdk_key)?;
+        let (index, project, overrides) = self.project(sdk_key)?;
         let datafile = project
             .current()
             .ok_or_else(|| ServiceError::NotReady(project.settings.name.clone()))?;
@@ -211,6 +264,7 @@ impl Service {
             index,
             project,
             datafile,
+            overrides,
         })
     }
 
@@ -262,7 +316,7 @@ impl Service {
             .ok_or_else(|| ServiceError::UnknownExperiment(experiment_key.to_string()))?;
         let profile = self.load_profile(&user.user_id, false).await;
         let decide = |inputs: &ExternalInputs| {
-            let overrides = self.overrides[snap.index].read().ok();
+            let overrides = snap.overrides.read().ok();
             let decider = Decider::new(config, user)
                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
                 .with_reasons(with_reasons)
@@ -310,7 +364,7 @@ impl Service {
             .load_profile(&user.user_id, options.ignore_user_profile_service)
             .await;
         let decide = |inputs: &ExternalInputs| {
-            let overrides = self.overrides[snap.index].read().ok();
+            let overrides = snap.overrides.read().ok();
             Decider::new(snap.config(), user)
                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
                 .with_inputs(inputs)
@@ -369,7 +423,8 @@ impl Service {
             return Err(ServiceError::OverridesDisabled);
         }
         let config = snap.config();
-        let mut guard = self.overrides[snap.index]
+        let mut guard = snap
+            .overrides
             .write()
             .map_err(|_| ServiceError::BadInput("override table unavailable".into()))?;
         let previous = config.experiment_by_key(experiment_key).and_then(|idx| {

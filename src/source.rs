@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 pub use cache::write_atomically;
 use poll::{FetchFailure, Fetched, Validators};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -41,13 +41,34 @@ pub enum SourceError {
     TooLarge { origin: String, max: usize },
 }
 
+/// The origin of a datafile another replica published (`datafile.fanout`); installing one is
+/// never published again.
+pub const FANOUT_ORIGIN: &str = "fanout";
+
 /// A datafile in use, with where and when it came from.
 #[derive(Debug)]
 pub struct LoadedDatafile {
     pub config: ProjectConfig,
     pub loaded_at: SystemTime,
-    /// `file:<path>`, `url:<url>`, `cache:<path>`, `admin`, `bundled`.
+    /// `file:<path>`, `url:<url>`, `cache:<path>`, `admin`, `bundled`, `fanout`.
     pub origin: String,
+    /// A strong ETag of the datafile's bytes (quoted), computed once at install.
+    pub etag: String,
+    /// The source's `Cache-Control` when it was fetched over HTTP with one.
+    pub cache_control: Option<String>,
+    /// The datafile's bytes as received, shared by every mirror response.
+    pub bytes: bytes::Bytes,
+}
+
+/// A new datafile installed from anywhere but another replica, for `datafile.fanout`.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// [`Project::fanout_id`].
+    pub project: String,
+    pub revision: String,
+    pub datafile: Arc<str>,
+    /// The source's `Cache-Control`, which the other replicas' mirrors repeat.
+    pub cache_control: Option<String>,
 }
 
 /// One project: its settings and the datafile currently in use.
@@ -57,6 +78,8 @@ pub struct Project {
     refresh: Notify,
     validators: Mutex<Validators>,
     metrics: Arc<Metrics>,
+    /// Where new datafiles are announced to the other replicas (`datafile.fanout`).
+    publish: OnceLock<tokio::sync::mpsc::Sender<Published>>,
 }
 
 impl Project {
@@ -68,7 +91,27 @@ impl Project {
             refresh: Notify::new(),
             validators: Mutex::new(Validators::default()),
             metrics,
+            publish: OnceLock::new(),
         }
+    }
+
+    /// Announces every later new datafile (not the first, not one from another replica) on
+    /// `publish`; a full channel drops the announcement (the replicas catch up at their poll).
+    pub fn publish_to(&self, publish: tokio::sync::mpsc::Sender<Published>) {
+        let _ = self.publish.set(publish);
+    }
+
+    /// Names this project across replicas without revealing its SDK key's token: a SHA-1 of
+    /// the key (with its token when secure), or of the name when it has no key.
+    pub fn fanout_id(&self) -> String {
+        use sha1::Digest;
+        let s = &self.settings;
+        let identity = match (&s.sdk_key, &s.access_token) {
+            (Some(k), Some(t)) => format!("key:{k}:{}", t.expose()),
+            (Some(k), None) => format!("key:{k}"),
+            (None, _) => format!("name:{}", s.name),
+        };
+        hex::encode(sha1::Sha1::digest(identity.as_bytes()))
     }
 
     /// The datafile in use (one atomic load).
@@ -83,8 +126,15 @@ impl Project {
 
     /// Writes the cache copy (file write and fsync on the blocking pool, never on a runtime
     /// thread) and swaps the datafile in.
-    async fn install(&self, config: ProjectConfig, origin: String, write_cache: bool) {
+    async fn install(
+        &self,
+        config: ProjectConfig,
+        origin: String,
+        write_cache: bool,
+        cache_control: Option<String>,
+    ) {
         let name = self.settings.name.as_str();
+        let label = self.settings.metric_label.as_str();
         if write_cache {
             let path = self.settings.cache_path.clone();
             let bytes = config.datafile.clone();
@@ -100,31 +150,70 @@ impl Project {
         let loaded_at = SystemTime::now();
         self.metrics
             .datafile_revision
-            .with_label_values(&[name])
+            .with_label_values(&[label])
             .set(revision);
         self.metrics
             .datafile_loaded_at
-            .with_label_values(&[name])
+            .with_label_values(&[label])
             .set(
                 loaded_at
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64()),
             );
         tracing::info!(project = name, revision = %config.revision, %origin, "datafile in use");
+        let etag = {
+            use sha1::Digest;
+            format!(
+                "\"{}\"",
+                hex::encode(sha1::Sha1::digest(config.datafile.as_bytes()))
+            )
+        };
+        let first = self.current().is_none();
+        let announce =
+            (!first && origin != FANOUT_ORIGIN && !origin.starts_with("cache:")).then(|| {
+                Published {
+                    project: self.fanout_id(),
+                    revision: config.revision.clone(),
+                    datafile: Arc::from(config.datafile.as_str()),
+                    cache_control: cache_control.clone(),
+                }
+            });
+        let bytes = bytes::Bytes::from(config.datafile.clone());
         self.current.store(Some(Arc::new(LoadedDatafile {
+            bytes,
             config,
             loaded_at,
             origin,
+            etag,
+            cache_control,
         })));
+        if let (Some(message), Some(publish)) = (announce, self.publish.get()) {
+            if publish.try_send(message).is_err() {
+                tracing::warn!(
+                    project = name,
+                    "fanout: announcement dropped (channel full)"
+                );
+            }
+        }
     }
 
     /// Validates and installs datafile bytes (admin push, webhook-triggered fetch, file); more
     /// than `max_bytes` is refused before parsing.
     pub async fn accept(&self, bytes: Vec<u8>, origin: String) -> Result<(), SourceError> {
+        self.accept_with(bytes, origin, None).await
+    }
+
+    /// [`Self::accept`], remembering the source's `Cache-Control` for the mirror.
+    pub async fn accept_with(
+        &self,
+        bytes: Vec<u8>,
+        origin: String,
+        cache_control: Option<String>,
+    ) -> Result<(), SourceError> {
         if bytes.len() > self.settings.max_bytes {
             self.metrics
                 .datafile_updates
-                .with_label_values(&[&self.settings.name, "too_large"])
+                .with_label_values(&[&self.settings.metric_label, "too_large"])
                 .inc();
             return Err(SourceError::TooLarge {
                 origin,
@@ -145,21 +234,21 @@ impl Project {
                 {
                     self.metrics
                         .datafile_updates
-                        .with_label_values(&[&self.settings.name, "unchanged"])
+                        .with_label_values(&[&self.settings.metric_label, "unchanged"])
                         .inc();
                     return Ok(());
                 }
                 self.metrics
                     .datafile_updates
-                    .with_label_values(&[&self.settings.name, "updated"])
+                    .with_label_values(&[&self.settings.metric_label, "updated"])
                     .inc();
-                self.install(config, origin, true).await;
+                self.install(config, origin, true, cache_control).await;
                 Ok(())
             }
             Err(source) => {
                 self.metrics
                     .datafile_updates
-                    .with_label_values(&[&self.settings.name, "invalid"])
+                    .with_label_values(&[&self.settings.metric_label, "invalid"])
                     .inc();
                 Err(SourceError::Invalid { origin, source })
             }
@@ -201,16 +290,19 @@ impl Project {
             None => Validators::default(),
         };
         let max = self.settings.max_bytes;
-        match poll::fetch(url, self.settings.fetch_timeout, &validators, max).await {
+        let token = self.settings.access_token.as_ref();
+        match poll::fetch(url, self.settings.fetch_timeout, &validators, max, token).await {
             Ok(Fetched::NotModified) => {
                 self.metrics
                     .datafile_updates
-                    .with_label_values(&[&self.settings.name, "not_modified"])
+                    .with_label_values(&[&self.settings.metric_label, "not_modified"])
                     .inc();
                 Ok(())
             }
             Ok(Fetched::Body { bytes, validators }) => {
-                self.accept(bytes, format!("url:{url}")).await?;
+                let cache_control = validators.cache_control.clone();
+                self.accept_with(bytes, format!("url:{url}"), cache_control)
+                    .await?;
                 if let Ok(mut v) = self.validators.lock() {
                     *v = validators;
                 }
@@ -219,7 +311,7 @@ impl Project {
             Err(FetchFailure::Status(status)) => {
                 self.metrics
                     .datafile_updates
-                    .with_label_values(&[&self.settings.name, "fetch_error"])
+                    .with_label_values(&[&self.settings.metric_label, "fetch_error"])
                     .inc();
                 Err(fetch_err(format!("HTTP {status}")))
             }
@@ -227,7 +319,7 @@ impl Project {
             Err(FetchFailure::TooLarge) => {
                 self.metrics
                     .datafile_updates
-                    .with_label_values(&[&self.settings.name, "too_large"])
+                    .with_label_values(&[&self.settings.metric_label, "too_large"])
                     .inc();
                 Err(SourceError::TooLarge {
                     origin: format!("url:{url}"),
@@ -235,6 +327,17 @@ impl Project {
                 })
             }
         }
+    }
+
+    /// Installs the last good cached datafile; `Ok(false)` when there is none.
+    pub async fn load_cached(&self) -> Result<bool, SourceError> {
+        let path = &self.settings.cache_path;
+        let Some(config) = cache::load(path).await? else {
+            return Ok(false);
+        };
+        self.install(config, format!("cache:{}", path.display()), false, None)
+            .await;
+        Ok(true)
     }
 
     /// Start-up: the source, else the last good cached datafile. Errors only when neither works.
@@ -245,7 +348,7 @@ impl Project {
                 let path = &self.settings.cache_path;
                 tracing::warn!(project = %self.settings.name, error = %e, cache = %path.display(), "datafile source unavailable at start; trying the cache");
                 let config = cache::load(path).await?.ok_or(e)?;
-                self.install(config, format!("cache:{}", path.display()), false)
+                self.install(config, format!("cache:{}", path.display()), false, None)
                     .await;
                 Ok(())
             }

@@ -21,6 +21,9 @@ use std::time::Duration;
 // container `default`), which also covers every `[[projects]]` entry. The repository's
 // `config.toml` writes each of them out; a test checks that the two agree.
 
+/// The pub/sub channel `datafile.fanout` publishes on when none is given.
+pub(super) const DEFAULT_FANOUT_CHANNEL: &str = "bucketd:datafiles";
+
 /// The `type` of `[events.queue]` when none is given.
 pub(super) const DEFAULT_QUEUE_TYPE: &str = "disk";
 
@@ -39,6 +42,7 @@ pub struct RawConfig {
     pub events: EventsSection,
     pub flusher: FlusherSection,
     pub cmab: CmabSection,
+    pub dynamic_projects: DynamicProjectsSection,
 }
 
 impl Default for RawConfig {
@@ -55,6 +59,7 @@ impl Default for RawConfig {
             events: EventsSection::default(),
             flusher: FlusherSection::default(),
             cmab: CmabSection::default(),
+            dynamic_projects: DynamicProjectsSection::default(),
         }
     }
 }
@@ -122,6 +127,14 @@ pub struct DatafileSection {
     pub cache_path: Option<PathBuf>,
     pub webhook_secret: Option<String>,
     pub max_bytes: usize,
+    /// A secure environment's datafile access token (sent as `Authorization: Bearer`).
+    pub access_token: Option<String>,
+    /// The URL template used when the project has an access token.
+    pub authenticated_url_template: String,
+    /// `[datafile]` only: a `redis://` URL through which replicas share new datafiles.
+    pub fanout: Option<String>,
+    /// `[datafile]` only: the pub/sub channel of `fanout`.
+    pub fanout_channel: String,
 }
 
 impl Default for DatafileSection {
@@ -137,6 +150,10 @@ impl Default for DatafileSection {
             cache_path: None,
             webhook_secret: None,
             max_bytes: 64 << 20,
+            access_token: None,
+            authenticated_url_template: super::DEFAULT_AUTHENTICATED_DATAFILE_URL_TEMPLATE.into(),
+            fanout: None,
+            fanout_channel: DEFAULT_FANOUT_CHANNEL.into(),
         }
     }
 }
@@ -346,6 +363,46 @@ impl Default for CmabSection {
             cache_size: 10_000,
             cache_ttl: Duration::from_secs(30 * 60),
             cache_prefix: "bucketd:cmab:".into(),
+        }
+    }
+}
+
+/// `[dynamic_projects]`: SDK keys loaded when a request names them (off by default).
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicProjectsSection {
+    pub enabled: bool,
+    /// A regular expression the whole SDK key must match (`""`: any key).
+    pub allow: String,
+    /// Most on-demand projects loaded at once.
+    pub max_projects: usize,
+    /// An on-demand project no request named for this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest wait of the first request for a new key (the fetch's timeout).
+    #[serde(with = "humantime_serde")]
+    pub load_timeout: Duration,
+    /// How long a key that failed to load is answered from memory before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub failure_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub url_template: String,
+    pub authenticated_url_template: String,
+}
+
+impl Default for DynamicProjectsSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow: String::new(),
+            max_projects: 100,
+            idle_timeout: Duration::from_secs(3600),
+            load_timeout: Duration::from_secs(10),
+            failure_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(60),
+            url_template: super::DEFAULT_DATAFILE_URL_TEMPLATE.into(),
+            authenticated_url_template: super::DEFAULT_AUTHENTICATED_DATAFILE_URL_TEMPLATE.into(),
         }
     }
 }

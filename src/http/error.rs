@@ -2,6 +2,7 @@
 //! rendered as `{"error": "..."}`. 5xx are logged once with context; 4xx are the client's and
 //! are not logged as errors.
 
+use crate::service::dynamic::DynamicError;
 use crate::service::ServiceError;
 use hyper::StatusCode;
 
@@ -60,6 +61,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::OverridesDisabled => Self::Forbidden(msg),
             ServiceError::NoProfileStore => Self::NotFound(msg),
             ServiceError::InvalidDatafile(_) => Self::Unprocessable(msg),
+            ServiceError::OnDemand(e) => match e {
+                DynamicError::Malformed => Self::BadRequest(msg),
+                DynamicError::NotAllowed => Self::Forbidden(msg),
+                DynamicError::Unknown(_) => Self::NotFound(msg),
+                DynamicError::Unavailable(_) | DynamicError::TooMany(_) => Self::Unavailable(msg),
+            },
         }
     }
 }

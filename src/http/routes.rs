@@ -54,7 +54,7 @@ pub fn access_of(path: &str) -> Access {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 20] = [
+pub static ROUTES: [RouteDef; 21] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -177,13 +177,27 @@ pub static ROUTES: [RouteDef; 20] = [
         label: Route::OAuthToken,
         handler: |s, r, _| Box::pin(async move { ops::oauth::token(&s, r).await }),
     },
+    RouteDef {
+        method: Method::GET,
+        path: "/datafiles/*",
+        label: Route::DatafileMirror,
+        handler: |s, r, _| Box::pin(async move { sdk::datafiles::datafile(&s, r).await }),
+    },
 ];
+
+/// Whether a route's path (exact, or a prefix ending in `*`) matches the request's.
+fn matches(route: &str, path: &str) -> bool {
+    match route.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => route == path,
+    }
+}
 
 /// Where a request goes: its route, or the error and label of a miss.
 fn find(method: &Method, path: &str) -> Result<&'static RouteDef, (Route, ApiError)> {
     let mut same_path = None;
     for route in &ROUTES {
-        if route.path == path {
+        if matches(route.path, path) {
             if route.method == method {
                 return Ok(route);
             }
@@ -209,6 +223,13 @@ pub async fn dispatch(
         Ok(route) => {
             if let Err(refused) = state.authorize(&req, route.access()).await {
                 return (route.label, Ok(refused.response()));
+            }
+            // An on-demand project a request names is loaded (shared fetch, bounded wait)
+            // before its handler pins it.
+            if let Some(key) = super::params::sdk_key(&req) {
+                if let Err(e) = state.service.prepare(&key).await {
+                    return (route.label, Err(e.into()));
+                }
             }
             (route.label, (route.handler)(state, req, peer).await)
         }

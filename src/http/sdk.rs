@@ -1,8 +1,7 @@
-//! The SDK-facing surface (no routes yet): what Optimizely SDKs will talk to directly once
-//! bucketd mirrors their endpoints — the datafile mirror (`GET /datafiles/{sdk_key}.json`, with
-//! the ETag computed once per installed datafile and `304` on a match) and the event relay
-//! (`POST /v1/events`, v1 payloads parsed by the core and handed to the event pipeline). Each
-//! will be a file here with its routes added to [`crate::http::routes`].
+//! The SDK-facing surface: what Optimizely SDKs talk to directly — the datafile mirror
+//! (`GET /datafiles/{sdk_key}.json`, `datafiles`) and the event relay (`POST /v1/events`).
+//! Each is a file here with its routes in [`crate::http::routes`].
 
+pub mod datafiles;
 mod events;
 pub use events::events;

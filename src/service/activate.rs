@@ -102,7 +102,7 @@ impl Service {
                     None => Err(ServiceError::UnknownExperiment(key.clone())),
                     Some(idx) => {
                         let decide = |inputs: &ExternalInputs| {
-                            let overrides = self.overrides[snap.index].read().ok();
+                            let overrides = snap.overrides.read().ok();
                             let decider = Decider::new(config, user)
                                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
                                 .with_inputs(inputs);
@@ -150,7 +150,7 @@ impl Service {
                     Some(_) => {
                         let keys = [key.as_str()];
                         let decide = |inputs: &ExternalInputs| {
-                            let overrides = self.overrides[snap.index].read().ok();
+                            let overrides = snap.overrides.read().ok();
                             Decider::new(config, user)
                                 .with_overrides(overrides.as_deref().filter(|o| !o.is_empty()))
                                 .with_inputs(inputs)

@@ -7,7 +7,7 @@ use crate::core::ForcedVariations;
 impl Service {
     /// Drops the project's forced variations; returns whether there were any.
     pub fn reset(&self, snap: &PinnedProject) -> bool {
-        let mut guard = match self.overrides[snap.index].write() {
+        let mut guard = match snap.overrides.write() {
             Ok(g) => g,
             // A writer panicked mid-update: the table is replaced whole, so its state is moot.
             Err(poisoned) => poisoned.into_inner(),

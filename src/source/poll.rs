@@ -8,6 +8,8 @@ use std::time::Duration;
 pub(super) struct Validators {
     etag: Option<String>,
     last_modified: Option<String>,
+    /// Not a validator: the source's `Cache-Control`, which the datafile mirror repeats.
+    pub(super) cache_control: Option<String>,
 }
 
 /// What a fetch brought.
@@ -31,12 +33,14 @@ pub(super) enum FetchFailure {
     TooLarge,
 }
 
-/// GETs `url`, conditional on `validators`; reads at most `max_bytes` of the body.
+/// GETs `url`, conditional on `validators`, with `Authorization: Bearer <token>` for a secure
+/// environment; reads at most `max_bytes` of the body.
 pub(super) async fn fetch(
     url: &url::Url,
     timeout: Duration,
     validators: &Validators,
     max_bytes: usize,
+    token: Option<&crate::config::Secret>,
 ) -> Result<Fetched, FetchFailure> {
     let transport = |e: reqwest::Error| FetchFailure::Transport(e.to_string());
     let client = reqwest::Client::builder()
@@ -44,6 +48,14 @@ pub(super) async fn fetch(
         .build()
         .map_err(transport)?;
     let mut req = client.get(url.clone());
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(
+                |_| FetchFailure::Transport("the access token is not a valid header".into()),
+            )?;
+        value.set_sensitive(true);
+        req = req.header(reqwest::header::AUTHORIZATION, value);
+    }
     if let Some(e) = &validators.etag {
         req = req.header("If-None-Match", e);
     }
@@ -67,6 +79,7 @@ pub(super) async fn fetch(
     let validators = Validators {
         etag: header("etag"),
         last_modified: header("last-modified"),
+        cache_control: header("cache-control"),
     };
     if resp
         .content_length()

@@ -2,6 +2,7 @@
 //! configuration, and small datafile builders.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cdn;
 pub mod sink;
 
 use bucketd::app::{App, Mode, StartError};
