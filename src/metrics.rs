@@ -27,12 +27,13 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     Other,
 }
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 20] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,
@@ -51,6 +52,7 @@ impl Route {
         Route::Health,
         Route::Ready,
         Route::Metrics,
+        Route::OpenApi,
         Route::Other,
     ];
 
@@ -75,6 +77,7 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
             Route::Other => "other",
         }
     }

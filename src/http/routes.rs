@@ -31,7 +31,7 @@ pub struct RouteDef {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 18] = [
+pub static ROUTES: [RouteDef; 19] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -141,6 +141,12 @@ pub static ROUTES: [RouteDef; 18] = [
         path: "/metrics",
         label: Route::Metrics,
         handler: |s, _, _| Box::pin(async move { ops::metrics::metrics(&s).await }),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/openapi.json",
+        label: Route::OpenApi,
+        handler: |_, _, _| Box::pin(async move { Ok(ops::openapi::document()) }),
     },
 ];
 
