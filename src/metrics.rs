@@ -30,6 +30,7 @@ pub enum Route {
     Events,
     OAuthToken,
     DatafileMirror,
+    OpenApi,
     Other,
 }
 
@@ -57,6 +58,7 @@ impl Route {
         Route::Events,
         Route::OAuthToken,
         Route::DatafileMirror,
+        Route::OpenApi,
         Route::Other,
     ];
 
@@ -84,6 +86,7 @@ impl Route {
             Route::Events => "events",
             Route::OAuthToken => "oauth_token",
             Route::DatafileMirror => "datafile_mirror",
+            Route::OpenApi => "openapi",
             Route::Other => "other",
         }
     }

@@ -551,12 +551,12 @@ async fn odp_events_are_validated_with_the_agents_statuses() {
         ("not json", 400, "error parsing request body"),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": {"y": 1}}}"#,
-            500,
+            400,
             "ODP data is not valid",
         ),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
-            500,
+            400,
             "ODP data is not valid",
         ),
     ];
@@ -575,7 +575,7 @@ async fn odp_events_are_validated_with_the_agents_statuses() {
     .await;
     assert_eq!(
         (status, error_of(&text)),
-        (500, json!("ODP is not integrated"))
+        (403, json!("ODP is not integrated"))
     );
     plain.stop().await;
     assert!(
@@ -640,12 +640,12 @@ async fn decide_fetches_qualified_segments_when_asked() {
     assert_eq!(query["variables"]["userId"], "seg-u1");
     app.stop().await;
 
-    // A project without ODP cannot fetch: the Agent's 500, newline-terminated.
+    // A project without ODP cannot fetch: 403 (the Agent: 500), newline-terminated.
     let plain = app_without_odp().await;
     let (status, text) = decide_text(&plain, "seg-u2", json!({"fetchSegments": true})).await;
     assert_eq!(
         (status, text.as_str()),
-        (500, "{\"error\":\"failed to fetch qualified segments\"}\n")
+        (403, "{\"error\":\"failed to fetch qualified segments\"}\n")
     );
     plain.stop().await;
 }
@@ -661,7 +661,7 @@ async fn odp_batch_and_reset_bodies_end_in_a_newline() {
         (r#"{"action": "", "identifiers": {"user_id": "u"}}"#, 400),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
-            500,
+            400,
         ),
     ] {
         let (got, text) = send_odp(&app, body).await;

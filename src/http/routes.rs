@@ -54,7 +54,7 @@ pub fn access_of(path: &str) -> Access {
 }
 
 /// Every route the daemon serves.
-pub static ROUTES: [RouteDef; 21] = [
+pub static ROUTES: [RouteDef; 22] = [
     RouteDef {
         method: Method::GET,
         path: "/bucketer",
@@ -182,6 +182,12 @@ pub static ROUTES: [RouteDef; 21] = [
         path: "/datafiles/*",
         label: Route::DatafileMirror,
         handler: |s, r, _| Box::pin(async move { sdk::datafiles::datafile(&s, r).await }),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/openapi.json",
+        label: Route::OpenApi,
+        handler: |_, _, _| Box::pin(async move { Ok(ops::openapi::document()) }),
     },
 ];
 
