@@ -2,7 +2,9 @@
 //! configuration, and small datafile builders.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
 pub mod sink;
+pub mod small_fs;
 
 use bucketd::app::{App, Mode, StartError};
 use bucketd::config::{self, Settings};
