@@ -157,12 +157,9 @@ async fn a_full_disk_refuses_quickly_counts_the_refusals_and_delivery_resumes() 
     }
 
     // Everything accepted, before and after, reaches the sink.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut missing = sink.missing_visitors(&accepted);
-    while missing > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        missing = sink.missing_visitors(&accepted);
-    }
+    let missing = sink
+        .wait_for_visitors(&accepted, Duration::from_secs(30))
+        .await;
     eprintln!(
         "recovered in {recovered:?}; {} accepted in all, {missing} not delivered",
         accepted.len()

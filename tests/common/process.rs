@@ -6,18 +6,47 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// `bucketd serve` on `127.0.0.1:port` with its state in `dir`, logging warnings, its flusher
-/// off and its endpoint a closed port (turn the flusher on with [`flush_to`]).
-pub fn serve_command(dir: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketd"));
-    cmd.arg("serve")
+/// `[wrapper…] bucketd [--config config] subcommand` with its state in `dir`, logging
+/// warnings, its stdout discarded. `wrapper` runs the binary under another program (e.g.
+/// `["prlimit", "--nofile=128:128"]`).
+pub fn bucketd(wrapper: &[&str], config: Option<&Path>, subcommand: &str, dir: &Path) -> Command {
+    let bin = env!("CARGO_BIN_EXE_bucketd");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    if let Some(f) = config {
+        cmd.arg("--config").arg(f);
+    }
+    cmd.arg(subcommand)
         .env("BUCKETD__STATE_DIR", dir)
-        .env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("BUCKETD__LOG__LEVEL", "warn")
-        .env("BUCKETD__FLUSHER__ENABLED", "false")
-        .env("BUCKETD__EVENTS__ENDPOINT", "http://127.0.0.1:9/v1/events")
         .stdout(Stdio::null());
     cmd
+}
+
+/// `bucketd serve` on `127.0.0.1:port` (see [`bucketd`]), its flusher off and its endpoint a
+/// closed port (turn the flusher on with [`flush_to`]).
+pub fn serve_command_with(
+    wrapper: &[&str],
+    config: Option<&Path>,
+    dir: &Path,
+    port: u16,
+) -> Command {
+    let mut cmd = bucketd(wrapper, config, "serve", dir);
+    cmd.env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BUCKETD__FLUSHER__ENABLED", "false")
+        .env("BUCKETD__EVENTS__ENDPOINT", "http://127.0.0.1:9/v1/events");
+    cmd
+}
+
+/// [`serve_command_with`] without wrapper or config file.
+pub fn serve_command(dir: &Path, port: u16) -> Command {
+    serve_command_with(&[], None, dir, port)
 }
 
 /// Turns the embedded flusher on, posting to `sink`.
