@@ -96,6 +96,7 @@ async fn a_full_disk_refuses_quickly_counts_the_refusals_and_delivery_resumes() 
 
     // Until a few dozen refusals: every request answers, quickly when refused.
     let mut refused = 0;
+    let mut slowest = Duration::ZERO;
     let deadline = Instant::now() + Duration::from_secs(60);
     while refused < 50 {
         assert!(
@@ -109,6 +110,7 @@ async fn a_full_disk_refuses_quickly_counts_the_refusals_and_delivery_resumes() 
             200 => accepted.push(user),
             503 => {
                 refused += 1;
+                slowest = slowest.max(a.took);
                 assert!(a.took < QUICK, "a refusal took {:?}", a.took);
                 assert_eq!(a.retry_after.as_deref(), Some("1"));
                 let error = a.body["error"].as_str().expect("a JSON error body");
@@ -125,7 +127,7 @@ async fn a_full_disk_refuses_quickly_counts_the_refusals_and_delivery_resumes() 
     assert_eq!(counted, refused as f64, "every refused event is counted");
     assert!(daemon.alive(), "the daemon survived the full disk");
     eprintln!(
-        "full: {} accepted, {refused} refused in {i} requests",
+        "full: {} accepted, {refused} refused in {i} requests, slowest refusal {slowest:?}",
         accepted.len()
     );
 
