@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::process::{flush_to, serve_command, wait_ready};
 use common::sink::Sink;
 use common::{produce, spawn_app};
 use serde_json::{json, Value};
@@ -166,34 +167,13 @@ async fn outage_is_ridden_out_and_only_rejected_events_are_dead_lettered() {
 }
 
 fn spawn_binary(dir: &std::path::Path, port: u16, sink: &Sink) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_bucketd"))
-        .arg("serve")
-        .env("BUCKETD__STATE_DIR", dir)
-        .env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUCKETD__EVENTS__ENDPOINT", sink.url())
+    let mut cmd = serve_command(dir, port);
+    flush_to(&mut cmd, sink)
         .env("BUCKETD__PROFILES__TYPE", "none")
         .env("BUCKETD__FLUSHER__BATCH_SIZE", "200")
         .env("BUCKETD__FLUSHER__FLUSH_INTERVAL", "100ms")
-        .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms")
-        .env("BUCKETD__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(base: &str) {
-    let c = reqwest::Client::new();
-    for _ in 0..200 {
-        if c.get(format!("{base}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon at {base} never became ready");
+        .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms");
+    cmd.spawn().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 mod common;
 
 use backends::testing::env_or_skip;
+use common::remote::unique;
 use common::sink::Sink;
 use common::{produce, spawn_app_with_file};
 use std::sync::atomic::Ordering;
@@ -23,29 +24,10 @@ const AWS_TEST_ENV: [(&str, &str); 3] = [
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    )
-}
-
-/// A config file with librdkafka properties (dotted names cannot travel through the
-/// environment): short consumer-group timers so a restarted flusher rejoins quickly, and a short
-/// produce timeout so an outage is noticed quickly.
+/// librdkafka properties for these tests: a short produce timeout so an outage is noticed
+/// quickly (besides the short consumer-group timers of [`common::remote::kafka_config_file`]).
 fn kafka_config_file(name: &str) -> std::path::PathBuf {
-    let dir = common::scratch(&format!("{name}-config"));
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        "[events.queue.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"300\"\n\"message.timeout.ms\" = \"2000\"\n",
-    )
-    .unwrap();
-    path
+    common::remote::kafka_config_file(name, "\"message.timeout.ms\" = \"2000\"\n")
 }
 
 /// A `bucketd flush` process with the given queue settings, its status endpoint on
@@ -61,19 +43,12 @@ fn spawn_flusher(
         0 => String::new(),
         p => format!("127.0.0.1:{p}"),
     };
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bucketd"));
-    if let Some(f) = file {
-        cmd.arg("--config").arg(f);
-    }
-    cmd.arg("flush")
-        .env("BUCKETD__STATE_DIR", dir)
-        .env("BUCKETD__EVENTS__ENDPOINT", sink.url())
+    let mut cmd = common::process::bucketd(&[], file, "flush", dir);
+    cmd.env("BUCKETD__EVENTS__ENDPOINT", sink.url())
         .env("BUCKETD__FLUSHER__BATCH_SIZE", "500")
         .env("BUCKETD__FLUSHER__FLUSH_INTERVAL", "200ms")
         .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms")
-        .env("BUCKETD__LOG__LEVEL", "warn")
-        .env("BUCKETD__FLUSHER__METRICS_LISTEN", metrics_listen)
-        .stdout(std::process::Stdio::null());
+        .env("BUCKETD__FLUSHER__METRICS_LISTEN", metrics_listen);
     for (k, v) in AWS_TEST_ENV {
         if std::env::var_os(k).is_none() {
             cmd.env(k, v);

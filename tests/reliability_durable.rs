@@ -12,9 +12,11 @@
 mod common;
 
 use backends::testing::env_or_skip;
+use common::process::{flush_to, serve_command_with, wait_ready};
+use common::remote::{kafka_config_file, unique};
 use common::sink::Sink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,17 +29,6 @@ fn ack_mode() -> String {
     std::env::var("BUCKETD_TEST_EVENTS_ACK").unwrap_or_else(|_| "durable".into())
 }
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    )
-}
-
 /// The daemon as a process: `queue_env` selects the queue, `flush_to` turns the embedded
 /// flusher on towards the sink (off: it only produces).
 fn spawn_daemon(
@@ -45,49 +36,21 @@ fn spawn_daemon(
     port: u16,
     queue_env: &[(&str, String)],
     file: Option<&Path>,
-    flush_to: Option<&Sink>,
+    sink: Option<&Sink>,
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketd"));
-    if let Some(f) = file {
-        cmd.arg("--config").arg(f);
-    }
-    cmd.arg("serve")
-        .env("BUCKETD__STATE_DIR", dir)
-        .env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUCKETD__PROFILES__TYPE", "none")
+    let mut cmd = serve_command_with(&[], file, dir, port);
+    cmd.env("BUCKETD__PROFILES__TYPE", "none")
         .env("BUCKETD__EVENTS__ACK", ack_mode())
         .env("BUCKETD__FLUSHER__BATCH_SIZE", "500")
         .env("BUCKETD__FLUSHER__FLUSH_INTERVAL", "100ms")
-        .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms")
-        .env("BUCKETD__LOG__LEVEL", "warn")
-        .stdout(Stdio::null());
-    match flush_to {
-        Some(sink) => cmd
-            .env("BUCKETD__FLUSHER__ENABLED", "true")
-            .env("BUCKETD__EVENTS__ENDPOINT", sink.url()),
-        None => cmd
-            .env("BUCKETD__FLUSHER__ENABLED", "false")
-            .env("BUCKETD__EVENTS__ENDPOINT", "http://127.0.0.1:9/v1/events"),
-    };
+        .env("BUCKETD__FLUSHER__MAX_BACKOFF", "500ms");
+    if let Some(sink) = sink {
+        flush_to(&mut cmd, sink);
+    }
     for (k, v) in queue_env {
         cmd.env(k, v);
     }
     cmd.spawn().unwrap()
-}
-
-async fn wait_ready(base: &str) {
-    let c = reqwest::Client::new();
-    for _ in 0..400 {
-        if c.get(format!("{base}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon at {base} never became ready");
 }
 
 /// What one crash run measured.
@@ -170,12 +133,9 @@ async fn crash_and_count(
 
     let restarted = Instant::now();
     let mut child = spawn_daemon(&dir, port, &queue_env, file.as_deref(), Some(&sink));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut lost = sink.missing_visitors(&answered);
-    while lost > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        lost = sink.missing_visitors(&answered);
-    }
+    let lost = sink
+        .wait_for_visitors(&answered, Duration::from_secs(90))
+        .await;
     let recovered_in = restarted.elapsed();
     let _ = child.kill();
     let _ = child.wait();
@@ -206,18 +166,6 @@ async fn disk_queue_kill_9_loses_no_answered_event() {
     );
 }
 
-/// librdkafka properties cannot travel through the environment: a config file with short
-/// consumer-group timers, so the restarted daemon's flusher joins quickly.
-fn kafka_config_file(name: &str) -> PathBuf {
-    let path = common::scratch(&format!("{name}-config")).join("config.toml");
-    std::fs::write(
-        &path,
-        "[events.queue.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"300\"\n",
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_kill_9_loses_no_answered_event() {
     let Some(brokers) = env_or_skip("BUCKETD_TEST_KAFKA_BROKERS") else {
@@ -233,7 +181,7 @@ async fn kafka_kill_9_loses_no_answered_event() {
             format!("{topic}-flusher"),
         ),
     ];
-    let file = kafka_config_file("durable-kafka");
+    let file = kafka_config_file("durable-kafka", "");
     let crash = crash_and_count("durable-kafka", env, Some(file)).await;
     assert!(crash.answered >= KILL_AFTER);
     assert_eq!(

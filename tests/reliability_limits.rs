@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::process::{serve_command_with, wait_ready};
 use common::spawn_app;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -113,37 +114,14 @@ async fn an_idle_http1_keep_alive_connection_is_closed() {
     app.stop().await;
 }
 
-async fn wait_ready(base: &str) {
-    let c = reqwest::Client::new();
-    for _ in 0..200 {
-        if c.get(format!("{base}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon at {base} never became ready");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_under_a_low_descriptor_limit_do_not_lock_clients_out() {
     let dir = common::scratch("limits-nofile");
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     // 128 descriptors for the whole daemon; the silent connections would stay for 30 s.
-    let mut child = std::process::Command::new("prlimit")
-        .arg("--nofile=128:128")
-        .arg(env!("CARGO_BIN_EXE_bucketd"))
-        .arg("serve")
-        .env("BUCKETD__STATE_DIR", &dir)
-        .env("BUCKETD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+    let mut child = serve_command_with(&["prlimit", "--nofile=128:128"], None, &dir, port)
         .env("BUCKETD__SERVER__HEADER_READ_TIMEOUT", "30s")
-        .env("BUCKETD__FLUSHER__ENABLED", "false")
-        .env("BUCKETD__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     wait_ready(&base).await;

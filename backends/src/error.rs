@@ -23,6 +23,13 @@ pub enum BackendError {
         backend: &'static str,
         message: String,
     },
+    /// The file system holding a local queue (disk queue, spool) is full. Not retryable at
+    /// once, like [`Self::Full`]; publishes succeed again once space is freed.
+    #[error("{backend}: no space left on the file system: {message}")]
+    NoSpace {
+        backend: &'static str,
+        message: String,
+    },
     /// The operation did not finish within its deadline (retryable).
     #[error("{backend}: timed out after {millis} ms")]
     Timeout { backend: &'static str, millis: u64 },
@@ -31,12 +38,25 @@ pub enum BackendError {
 impl BackendError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Fatal { .. } | Self::Full { .. })
+        !matches!(
+            self,
+            Self::Fatal { .. } | Self::Full { .. } | Self::NoSpace { .. }
+        )
     }
 
-    /// Whether a bounded queue refused records for lack of room.
+    /// Whether a bounded queue refused records for lack of room (its bound, or the disk).
     pub fn is_full(&self) -> bool {
-        matches!(self, Self::Full { .. })
+        matches!(self, Self::Full { .. } | Self::NoSpace { .. })
+    }
+
+    /// The low-cardinality reason a refused publish is counted under, or `None` if it is not
+    /// a refusal for lack of room: `disk_full` or `<prefix>_full` (`queue_full`, `spool_full`).
+    pub fn full_reason(&self, bounded: &'static str) -> Option<&'static str> {
+        match self {
+            Self::NoSpace { .. } => Some("disk_full"),
+            Self::Full { .. } => Some(bounded),
+            _ => None,
+        }
     }
 
     /// A retryable error.

@@ -6,8 +6,9 @@
 //!   datafile cache and the flusher.
 //! - At the bound, the oldest connection that has not sent a complete request yet is evicted
 //!   for the new one (silent connections cannot lock real clients out); when every open
-//!   connection has been served, the new one is shed: it gets a plain HTTP/1.1 503 with
-//!   `Retry-After: 1` and is closed.
+//!   connection has been served, the new one is shed: it gets an HTTP/1.1 503 with
+//!   `Retry-After: 1` and the JSON body `{"error":"too many connections"}`, and is closed (an
+//!   HTTP/2 client, which expects a preface, sees the connection closed).
 //! - `EMFILE` / `ENFILE` on accept (descriptors exhausted anyway, e.g. by other work of the
 //!   process) back the accept loop off exponentially (10 ms to 1 s) instead of spinning, with
 //!   a warning at most every 10 s.
@@ -178,6 +179,32 @@ mod tests {
         assert!(matches!(r.admit(&d), Admission::Shed));
         drop(sc);
         assert_eq!(r.open(), 2);
+    }
+
+    #[test]
+    fn the_shed_response_is_a_json_503_with_retry_after() {
+        let text = std::str::from_utf8(SHED_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        assert_eq!(lines.next(), Some("HTTP/1.1 503 Service Unavailable"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("retry-after"), Some("1"));
+        assert_eq!(header("content-type"), Some("application/json"));
+        assert_eq!(
+            header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "too many connections");
     }
 
     #[test]

@@ -314,11 +314,7 @@ async fn publish_with_retry(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                let reason = if e.is_full() {
-                    "queue_full"
-                } else {
-                    "queue_error"
-                };
+                let reason = e.full_reason("queue_full").unwrap_or("queue_error");
                 metrics
                     .events_dropped
                     .with_label_values(&[reason])

@@ -55,11 +55,7 @@ pub(super) async fn publish_or_spool(
             Ok(())
         }
         Err(e) => {
-            let reason = if e.is_full() {
-                "spool_full"
-            } else {
-                "spool_error"
-            };
+            let reason = e.full_reason("spool_full").unwrap_or("spool_error");
             metrics
                 .events_dropped
                 .with_label_values(&[reason])

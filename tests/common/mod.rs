@@ -3,7 +3,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cdn;
+pub mod process;
+pub mod remote;
 pub mod sink;
+pub mod small_fs;
 
 use bucketd::app::{App, Mode, StartError};
 use bucketd::config::{self, Settings};

@@ -156,6 +156,18 @@ impl Sink {
             .count()
     }
 
+    /// Waits until an event names each of `ids` as its visitor (or the timeout passes);
+    /// returns how many are still missing.
+    pub async fn wait_for_visitors(&self, ids: &[String], timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut missing = self.missing_visitors(ids);
+        while missing > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            missing = self.missing_visitors(ids);
+        }
+        missing
+    }
+
     /// Distinct event uuids received.
     pub fn received(&self) -> usize {
         self.recorded.lock().unwrap().uuids.len()

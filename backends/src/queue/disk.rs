@@ -21,6 +21,12 @@
 //! unless [`ACK_SYNC_EVERY`] passed since the last fsync: the next publish's fsync persists it,
 //! so acks cost no fsync of their own under load, and a crash at worst redelivers the last
 //! second of acked records (duplicates, which carry their uuid; never a loss).
+//!
+//! A full file system: redb refuses every call after a failed write (`PreviousIo`), so the
+//! handle that saw an I/O error is dropped and the next call opens the file again (redb repairs
+//! it to its last commit). Until that succeeds, publishes fail at once with
+//! [`BackendError::NoSpace`] (the producer's `disk_full`) or `Unavailable`. A reopen reloads the
+//! state as a restart does: records not acked are delivered again (duplicates, never a loss).
 
 mod batch;
 mod config;
@@ -34,7 +40,7 @@ use batch::{batch_len, corrupt, encode_batch, BatchReader};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use state::{Bitmap, OpenBatch, Pos, State};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -43,6 +49,12 @@ const BACKEND: &str = "disk";
 
 /// Longest an ack goes without an fsync of its own (see the module docs).
 const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Least time between two reopens after I/O errors: each one repairs the file, so a full disk
+/// costs at most a few repairs a second; calls in between fail at once with the last error.
+const REOPEN_EVERY: Duration = Duration::from_millis(250);
+/// Least time between two logs of a reopen.
+const REOPEN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// redb's page cache. Records are read about once, so a small cache is enough.
 const CACHE_BYTES: usize = 4 << 20;
@@ -64,7 +76,13 @@ pub struct DiskQueue {
 }
 
 struct Shared {
-    db: Database,
+    /// The open database; `None` after an I/O error until [`Shared::db`] reopens it.
+    db: Mutex<Option<Arc<Database>>>,
+    /// When the last handle was dropped for an I/O error, and whether it was a full disk.
+    discarded: Mutex<Option<(Instant, bool)>>,
+    /// When a reopen was last logged, and how many happened since.
+    reopen_log: Mutex<(Option<Instant>, u64)>,
+    file: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
     /// Serialises acks (see [`Shared::ack`]).
@@ -121,7 +139,10 @@ impl DiskQueue {
         );
         Ok(Self {
             shared: Arc::new(Shared {
-                db,
+                db: Mutex::new(Some(Arc::new(db))),
+                discarded: Mutex::new(None),
+                reopen_log: Mutex::new((None, 0)),
+                file,
                 max_bytes: config.max_bytes,
                 state: Mutex::new(state),
                 acking: Mutex::new(()),
@@ -136,12 +157,22 @@ impl DiskQueue {
     async fn blocking<T, F>(&self, f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
-        F: FnOnce(&Shared) -> Result<T, BackendError> + Send + 'static,
+        F: FnOnce(&Shared, &Database) -> Result<T, BackendError> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || f(&shared))
-            .await
-            .map_err(|e| BackendError::fatal(BACKEND, format!("blocking task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let db = shared.db()?;
+            let result = f(&shared, &db);
+            match result {
+                // An I/O error: redb refuses everything after one, so reopen next time.
+                Err(BackendError::Unavailable { .. }) => shared.discard(&db, false),
+                Err(BackendError::NoSpace { .. }) => shared.discard(&db, true),
+                _ => {}
+            }
+            result
+        })
+        .await
+        .map_err(|e| BackendError::fatal(BACKEND, format!("blocking task failed: {e}")))?
     }
 }
 
@@ -218,6 +249,76 @@ fn delivery(pos: Pos, key: &[u8], value: &[u8]) -> Result<Delivery, BackendError
 }
 
 impl Shared {
+    /// The open database, opened again first if an I/O error made it unusable.
+    fn db(&self) -> Result<Arc<Database>, BackendError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let discarded = *self.discarded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, no_space)) = discarded {
+            if at.elapsed() < REOPEN_EVERY {
+                let message = "the queue file is reopened after an I/O error";
+                return Err(if no_space {
+                    BackendError::NoSpace {
+                        backend: BACKEND,
+                        message: message.into(),
+                    }
+                } else {
+                    BackendError::unavailable(BACKEND, message)
+                });
+            }
+        }
+        let opened = open_and_load(&self.file).map_err(|e| match e.into_error() {
+            e @ BackendError::NoSpace { .. } => e,
+            // Still held by a call that has not seen the error yet, or not repairable now:
+            // try again on the next call.
+            e => BackendError::unavailable(BACKEND, e),
+        });
+        let (db, state, bytes) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                let no_space = matches!(e, BackendError::NoSpace { .. });
+                *self.discarded.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), no_space));
+                return Err(e);
+            }
+        };
+        {
+            let mut log = self.reopen_log.lock().unwrap_or_else(|p| p.into_inner());
+            log.1 += 1;
+            if log.0.is_none_or(|at| at.elapsed() >= REOPEN_LOG_EVERY) {
+                tracing::warn!(
+                    path = %self.file.display(),
+                    records = state.unacked,
+                    bytes,
+                    reopens = log.1,
+                    "disk queue reopened after an I/O error (a full disk?); records not acked \
+                     are delivered again (logged at most every 10s)"
+                );
+                *log = (Some(Instant::now()), 0);
+            }
+        }
+        *self.state() = state;
+        let db = Arc::new(db);
+        *slot = Some(Arc::clone(&db));
+        self.ready.notify_waiters();
+        Ok(db)
+    }
+
+    /// Drops the handle `db` (unless it was replaced already) so a later call reopens.
+    fn discard(&self, db: &Arc<Database>, no_space: bool) {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, db))
+        {
+            *slot = None;
+            *self.discarded.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), no_space));
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock still holds consistent data: every update is a few plain assignments.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -236,9 +337,9 @@ impl Shared {
             .elapsed()
     }
 
-    fn publish(&self, blob: Vec<u8>, count: u64) -> Result<(), BackendError> {
+    fn publish(&self, db: &Database, blob: Vec<u8>, count: u64) -> Result<(), BackendError> {
         let batch_bytes = accounted(blob.len());
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
         let batch = self.state().next_batch;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -293,12 +394,12 @@ impl Shared {
         Ok(())
     }
 
-    fn receive_now(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+    fn receive_now(&self, db: &Database, max: usize) -> Result<Vec<Delivery>, BackendError> {
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
         }
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let batches = txn.open_table(BATCHES).map_err(db_err)?;
         let acked = txn.open_table(ACKED).map_err(db_err)?;
         let mut st = self.state();
@@ -368,12 +469,12 @@ impl Shared {
         Ok(out)
     }
 
-    fn ack(&self, positions: Vec<Pos>) -> Result<(), BackendError> {
+    fn ack(&self, db: &Database, positions: Vec<Pos>) -> Result<(), BackendError> {
         // One ack at a time, from reading the bitmaps to applying them after the commit, so
         // concurrent acks of the same batch each start from what the previous one left. Each
         // works on copies of the touched bitmaps; the state changes only after the commit.
         let _one_at_a_time = self.acking.lock().unwrap_or_else(|p| p.into_inner());
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = db.begin_write().map_err(db_err)?;
         let sync = self.since_sync() >= ACK_SYNC_EVERY;
         if !sync {
             txn.set_durability(Durability::None);
@@ -455,7 +556,11 @@ impl Drop for Shared {
         if !self.unsynced.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        let synced = match self.db.begin_write() {
+        let slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = slot.as_ref() else {
+            return;
+        };
+        let synced = match db.begin_write() {
             Ok(t) => t.commit().map_err(db_err),
             Err(e) => Err(db_err(e)),
         };
@@ -568,18 +673,38 @@ fn set_aside(file: &Path) -> Result<std::path::PathBuf, BackendError> {
 fn open_err(file: &Path, e: impl Into<redb::Error>) -> BackendError {
     let e = e.into();
     match e {
-        redb::Error::Io(_) => {
+        redb::Error::Io(io) if no_space(&io) => BackendError::NoSpace {
+            backend: BACKEND,
+            message: format!("cannot open {}: {io}", file.display()),
+        },
+        redb::Error::Io(_) | redb::Error::PreviousIo => {
             BackendError::unavailable(BACKEND, format!("cannot open {}: {e}", file.display()))
         }
         e => BackendError::fatal(BACKEND, format!("cannot open {}: {e}", file.display())),
     }
 }
 
-/// I/O errors (a full disk, say) may pass; anything else (corruption, a poisoned database after
-/// an earlier I/O error) needs an operator.
+/// Whether an I/O error says the file system (or the quota) is full.
+fn no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// A full file system refuses at once ([`BackendError::NoSpace`]); other I/O errors may pass
+/// (and `PreviousIo`, the state redb is left in after one, passes with a reopen); anything else
+/// (corruption) needs an operator.
 fn db_err(e: impl Into<redb::Error>) -> BackendError {
     match e.into() {
+        redb::Error::Io(e) if no_space(&e) => BackendError::NoSpace {
+            backend: BACKEND,
+            message: e.to_string(),
+        },
         redb::Error::Io(e) => BackendError::unavailable(BACKEND, e),
+        redb::Error::PreviousIo => {
+            BackendError::unavailable(BACKEND, "an earlier I/O error; reopening the queue file")
+        }
         e => BackendError::fatal(BACKEND, e),
     }
 }
@@ -596,7 +721,8 @@ impl EventQueue for DiskQueue {
         }
         let blob = encode_batch(records)?;
         let count = records.len() as u64;
-        self.blocking(move |s| s.publish(blob, count)).await?;
+        self.blocking(move |s, db| s.publish(db, blob, count))
+            .await?;
         self.shared.ready.notify_waiters();
         Ok(())
     }
@@ -609,7 +735,7 @@ impl EventQueue for DiskQueue {
             let ready = self.shared.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let got = self.blocking(move |s| s.receive_now(max)).await?;
+            let got = self.blocking(move |s, db| s.receive_now(db, max)).await?;
             if !got.is_empty() || max == 0 {
                 return Ok(got);
             }
@@ -624,7 +750,7 @@ impl EventQueue for DiskQueue {
             return Ok(());
         }
         let positions = positions(tokens)?;
-        self.blocking(move |s| s.ack(positions)).await
+        self.blocking(move |s, db| s.ack(db, positions)).await
     }
 
     async fn release(&self, tokens: &[AckToken]) -> Result<(), BackendError> {
@@ -648,8 +774,8 @@ impl EventQueue for DiskQueue {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
-        self.blocking(|s| {
-            let txn = s.db.begin_read().map_err(db_err)?;
+        self.blocking(|_, db| {
+            let txn = db.begin_read().map_err(db_err)?;
             txn.open_table(BATCHES).map_err(db_err)?;
             Ok(())
         })
