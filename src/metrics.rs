@@ -36,7 +36,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 20] = [
+    pub const ALL: [Route; 23] = [
         Route::Bucketer,
         Route::Decide,
         Route::Activate,

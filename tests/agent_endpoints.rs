@@ -575,7 +575,7 @@ async fn odp_events_are_validated_with_the_agents_statuses() {
     .await;
     assert_eq!(
         (status, error_of(&text)),
-        (403, json!("ODP is not integrated"))
+        (500, json!("ODP is not integrated"))
     );
     plain.stop().await;
     assert!(
@@ -640,12 +640,12 @@ async fn decide_fetches_qualified_segments_when_asked() {
     assert_eq!(query["variables"]["userId"], "seg-u1");
     app.stop().await;
 
-    // A project without ODP cannot fetch: 403 (the Agent: 500), newline-terminated.
+    // A project without ODP cannot fetch: the Agent's 500, newline-terminated.
     let plain = app_without_odp().await;
     let (status, text) = decide_text(&plain, "seg-u2", json!({"fetchSegments": true})).await;
     assert_eq!(
         (status, text.as_str()),
-        (403, "{\"error\":\"failed to fetch qualified segments\"}\n")
+        (500, "{\"error\":\"failed to fetch qualified segments\"}\n")
     );
     plain.stop().await;
 }

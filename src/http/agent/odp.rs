@@ -2,12 +2,11 @@
 //! integration; `{"success": true}`), and [`qualify`], decide's `fetchSegments` /
 //! `fetchSegmentsOptions` (the user's qualified segments, fetched before deciding).
 //!
-//! Wording is the Agent's: a body that does not parse is 400 `error parsing request body`, a
-//! missing action or identifiers 400, a failed segment fetch `failed to fetch qualified
-//! segments`. Statuses differ where the Agent answers 500 for the client's side of things: data
-//! not valid is 400, ODP not enabled (`api.odp.enabled`) or not integrated in the datafile is
-//! 403 (like the other features that are off); only a segment fetch that ODP itself fails is
-//! 500. A full event queue is bucketd's own 503.
+//! Statuses and wording are the Agent's: a body that does not parse is 400 `error parsing
+//! request body`, a missing action or identifiers 400, ODP not enabled / not integrated 500
+//! (the Agent's acceptance suite asserts these), a failed segment fetch 500 `failed to fetch
+//! qualified segments`. Differs: data not valid is 400 (the Agent: 500), the request's own
+//! fault; a full event queue is bucketd's own 503.
 
 use crate::core::UserContext;
 use crate::http::error::ApiError;
@@ -47,16 +46,7 @@ async fn send(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiErro
         }
         Err(e @ OdpError::InvalidData) => Err(ApiError::BadRequest(e.to_string())),
         Err(e @ OdpError::QueueFull) => Err(ApiError::Unavailable(e.to_string())),
-        Err(e) => Ok(answer(failure_status(&e), &e.to_string())),
-    }
-}
-
-/// The status of an ODP failure that is not about the request's own input: 403 when ODP is off
-/// for the project (disabled, or no integration in its datafile), else 500 (ODP failed).
-fn failure_status(e: &OdpError) -> StatusCode {
-    match e {
-        OdpError::Disabled | OdpError::NotIntegrated => StatusCode::FORBIDDEN,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        Err(e) => Ok(answer(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     }
 }
 
@@ -81,7 +71,7 @@ pub async fn qualify(
         Err(e) => {
             tracing::debug!(error = %e, "segment fetch failed");
             Err(answer(
-                failure_status(&e),
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "failed to fetch qualified segments",
             ))
         }
