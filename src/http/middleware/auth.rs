@@ -219,7 +219,8 @@ impl Authenticator {
         if let Scope::Keys(keys) = scope {
             let key = from.key(req).or_else(|| default_key.map(str::to_string));
             match key {
-                Some(k) if keys.contains(&k) => {}
+                // A secure environment's `sdkKey:datafileAccessToken` is scoped by its key.
+                Some(k) if keys.iter().any(|s| s == k.split(':').next().unwrap_or(&k)) => {}
                 Some(_) => {
                     return Err(AuthError::Forbidden(
                         "the token is not allowed to use this SDK key".into(),
@@ -369,6 +370,39 @@ mod tests {
         assert_eq!(bearer(&req("bearer  abc ")), Some("abc"));
         assert_eq!(bearer(&req("Basic abc")), None);
         assert_eq!(bearer(&req("Bearer ")), None);
+    }
+
+    #[tokio::test]
+    async fn a_secure_environment_key_is_scoped_by_its_sdk_key() {
+        let settings = AuthSettings {
+            hmac_secrets: Vec::new(),
+            ttl: Duration::from_secs(60),
+            clients: Vec::new(),
+            jwks: None,
+            tokens: vec![crate::config::StaticToken {
+                sha256: Sha256::digest(b"tok").into(),
+                sdk_keys: vec!["k1".into()],
+            }],
+            max_concurrent_secret_checks: 1,
+        };
+        let auth = Authenticator::new(&settings);
+        let req = |key: &str| {
+            Request::builder()
+                .header(AUTHORIZATION, "Bearer tok")
+                .header("x-optimizely-sdk-key", key)
+                .body(())
+                .unwrap()
+        };
+        let access = Access::Token(KeyFrom::Header);
+        assert!(auth.authorize(&req("k1"), access, None).await.is_ok());
+        assert!(auth
+            .authorize(&req("k1:datafile-token"), access, None)
+            .await
+            .is_ok());
+        assert!(matches!(
+            auth.authorize(&req("k2:datafile-token"), access, None).await,
+            Err(AuthError::Forbidden(_))
+        ));
     }
 
     #[test]
