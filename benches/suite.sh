@@ -31,7 +31,9 @@ if [ "$QUICK" = 1 ]; then HTTP_DUR=5s; MEM_DUR=20s; CRIT="--warm-up-time 1 --mea
 else HTTP_DUR=10s; MEM_DUR=90s; CRIT=""; FLUSH_N=200000; fi
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
 PY=${BUCKETD_PARITY_PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=/work/main/.venv/bin/python
+[ -x "$PY" ] || PY=target/bench-venv/bin/python
+# The flusher's per-event baseline (examples/flush_bench.rs) runs the Python SDK's dispatcher.
+export BUCKETD_BENCH_PYTHON=${BUCKETD_BENCH_PYTHON:-$(realpath "$PY")}
 if [ -z "${BUCKETD_BIN:-}" ]; then
   cargo build --release ${CARGO_FLAGS:-} --bin bucketd --example bare_hyper -q
   BUCKETD_BIN=./target/release/bucketd
