@@ -57,7 +57,7 @@ python3 benches/gen_big_datafile.py "$OUT/big2.json" --flags 999
 if ! skip core; then
   echo "== core (criterion vs Python SDK)" >&2
   crit=$(BUCKETD_BENCH_DATAFILE="$OUT/big.json" cargo bench ${CARGO_FLAGS:-} --bench decisions -q -- $CRIT \
-    'core/experiment_decision$' 'core/decide_all_24_flags$' 'big/decide_all' 'big/parse_datafile' 2>&1 | tee /dev/stderr)
+    '^(core/experiment_decision|core/decide_all_24_flags|big/decide_all|big/parse_datafile)$' 2>&1 | tee /dev/stderr)
   # criterion: "core/experiment_decision  time:   [a unit b unit c unit]" -> the middle, in ns.
   est() { awk -v n="$1" '$1 == n && /time:/ { v = $5; u = $6 } $1 == n && !/time:/ { getline; v = $4; u = $5 }
            END { f = (u == "ps") ? 0.001 : (u == "ns") ? 1 : (u == "µs" || u == "us") ? 1000 : (u == "ms") ? 1e6 : 1e9; printf "%.1f", v * f }' <<<"$crit"; }
