@@ -20,12 +20,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Returns freed memory to the OS at once instead of after mimalloc's default 10 ms: under load
-/// the delayed purges never caught up and RSS settled ~35 MB higher (README, Memory under
-/// load). `MIMALLOC_PURGE_DELAY` in the environment still overrides it.
+/// Returns freed memory to the OS at once instead of after mimalloc's default delay (1 s in
+/// v3): under load the delayed purges never caught up and RSS settled ~35 MB higher (README,
+/// Performance). `MIMALLOC_PURGE_DELAY` in the environment still decides when set. (mimalloc
+/// reads every option at process start, before `main`, so only `mi_option_set` takes effect
+/// here, not `mi_option_set_default`.)
 fn tune_allocator() {
-    // SAFETY: sets the default of a documented mimalloc option; it takes no pointers.
-    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 0) };
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a documented mimalloc option by value; it takes no pointers.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
 }
 
 /// Exit code for a configuration error (sysexits `EX_USAGE`).
