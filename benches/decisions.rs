@@ -111,6 +111,36 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
+/// Decide-all and parsing on a big datafile (`BUCKETD_BENCH_DATAFILE`, e.g. the 1 MiB / 1,000-flag
+/// one `benches/gen_big_datafile.py` writes; skipped when unset), over the fixture users.
+fn big_datafile(c: &mut Criterion) {
+    let Ok(path) = std::env::var("BUCKETD_BENCH_DATAFILE") else {
+        return;
+    };
+    let (_, users) = fixture();
+    let bytes = std::fs::read(&path).expect("BUCKETD_BENCH_DATAFILE is readable");
+    let config = ProjectConfig::parse(&bytes).expect("big datafile parses");
+    let options = DecideOptions {
+        disable_decision_event: true,
+        ..DecideOptions::default()
+    };
+    let mut stamp = || (String::new(), 0u64);
+    let mut i = 0usize;
+    let mut g = c.benchmark_group("big");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decide_all", |b| {
+        b.iter(|| {
+            i = (i + 1) % users.len();
+            let d = Decider::new(&config, &users[i]);
+            black_box(d.decide(None, options, None, &mut stamp))
+        })
+    });
+    g.bench_function("parse_datafile", |b| {
+        b.iter(|| black_box(ProjectConfig::parse(black_box(&bytes))))
+    });
+    g.finish();
+}
+
 /// A `decide` of one flag whose CMAB experiment is answered from the prediction cache: the first
 /// pass, the cache lookup and the second pass (the cost a cached CMAB answer adds).
 fn cmab_cache_hit(c: &mut Criterion) {
@@ -186,5 +216,5 @@ fn cmab_cache_hit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions, cmab_cache_hit);
+criterion_group!(benches, decisions, cmab_cache_hit, big_datafile);
 criterion_main!(benches);

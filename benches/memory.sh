@@ -7,8 +7,10 @@
 # Usage: benches/memory.sh [duration=30s] [connections=32]
 #   BUCKETD_BIN=path   the bucketd binary to measure (default: ./target/release/bucketd, built)
 #   OLD_BIN=path       also measure this binary (e.g. a build of main) in the same run
-#   SCENARIOS="..."    subset of: memory none none-noflush decide   (default: all)
+#   SCENARIOS="..."    subset of: defaults memory none none-noflush decide   (default: all)
 #   SAMPLE=10          RSS sampling period in seconds
+#   DATAFILE=path      serve this datafile (e.g. from benches/gen_big_datafile.py) instead of the bundled one
+#   RESULTS=file       append one tab-separated line per scenario (name, req/s, requests, RSS samples)
 #
 # The flusher is on (bucketd's default) and posts to a closed local port, so events pile up in
 # the disk queue as they would while the event endpoint is unreachable.
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-30s}
 CONNS=${2:-32}
 SAMPLE=${SAMPLE:-10}
-SCENARIOS=${SCENARIOS:-"memory none none-noflush decide"}
+SCENARIOS=${SCENARIOS:-"defaults memory none none-noflush decide"}
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
 if [ -z "${BUCKETD_BIN:-}" ]; then
   cargo build --release --bin bucketd --example bare_hyper -q
@@ -71,6 +73,7 @@ run() {
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   printf '%-34s %10s req/s %9s reqs  p50 %-8s p99 %-8s RSS MB every %ss: %s\n' \
     "$name" "$rps" "$reqs" "$p50" "$p99" "$SAMPLE" "$samples" >&2
+  [ -n "${RESULTS:-}" ] && printf '%s\t%s\t%s\t%s\n' "$name" "$rps" "$reqs" "$samples" >>"$RESULTS"
   echo "$rps"
 }
 
@@ -83,7 +86,8 @@ start() {
   # Run from the state dir: no ./config.toml is read, so each binary runs its own defaults.
   (cd "$STATE/$port" && exec env BUCKETD__STATE_DIR="$STATE/$port" \
       BUCKETD__SERVER__LISTEN="127.0.0.1:$port" BUCKETD__LOG__LEVEL=error \
-      BUCKETD__EVENTS__ENDPOINT="http://127.0.0.1:9/v1/events" "$@" \
+      BUCKETD__EVENTS__ENDPOINT="http://127.0.0.1:9/v1/events" \
+      ${DATAFILE:+BUCKETD__DATAFILE__PATH="$(realpath "$DATAFILE")"} "$@" \
       "$bin" serve >"$STATE/$port.log" 2>&1) &
   pids+=($!)
   STARTED_PID=$!
@@ -99,7 +103,8 @@ scenario() { # BIN LABEL
   local bin=$1 label=$2 s rps
   for s in $SCENARIOS; do
     case $s in
-      memory) start "$bin"; rps=$(run "$label /bucketer defaults" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/bucketer.lua") ;;
+      defaults) start "$bin"; rps=$(run "$label /bucketer defaults" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/bucketer.lua") ;;
+      memory) start "$bin" BUCKETD__PROFILES__TYPE=memory; rps=$(run "$label /bucketer profiles=memory" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/bucketer.lua") ;;
       none) start "$bin" BUCKETD__PROFILES__TYPE=none; rps=$(run "$label /bucketer profiles=none" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/bucketer.lua") ;;
       none-noflush) start "$bin" BUCKETD__PROFILES__TYPE=none BUCKETD__FLUSHER__ENABLED=false; rps=$(run "$label /bucketer none, no flusher" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/bucketer.lua") ;;
       decide) start "$bin"; rps=$(run "$label /v1/decide defaults" "$STARTED_PID" "http://127.0.0.1:$port/" "$STATE/decide.lua") ;;

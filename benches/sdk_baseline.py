@@ -117,7 +117,9 @@ def bench(datafile, users):
             best = min(best, time.perf_counter() - t0)
         return best
     get_var = timed(lambda: [client.get_variation(exp_key, u["user_id"], u["attributes"]) for u in users], 5)
-    ctxs = [client.create_user_context(u["user_id"], u["attributes"]) for u in users[:200]]
+    # 200 users on the fixture; fewer on a big datafile (decide-all grows with the flags).
+    n = max(10, min(200, 4800 // max(1, len(datafile["featureFlags"]))))
+    ctxs = [client.create_user_context(u["user_id"], u["attributes"]) for u in users[:n]]
     opts = [O.DISABLE_DECISION_EVENT]
     decide_all = timed(lambda: [c.decide_all(opts) for c in ctxs], 3)
     client.close()
@@ -128,6 +130,7 @@ def bench(datafile, users):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--write-fixture", action="store_true")
+    ap.add_argument("--datafile", help="time decide-all on this datafile instead (same users)")
     args = ap.parse_args()
     if args.write_fixture:
         rng = random.Random(7)
@@ -137,7 +140,7 @@ def main():
             json.dump(make_users(rng), f)
         print(f"wrote {FIXTURE} and {USERS}")
         return
-    with open(FIXTURE) as f:
+    with open(args.datafile or FIXTURE) as f:
         datafile = json.load(f)
     with open(USERS) as f:
         users = json.load(f)

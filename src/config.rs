@@ -691,6 +691,8 @@ mod tests {
         assert_eq!(s.projects[0].origin, DatafileOrigin::Bundled);
         assert!(matches!(s.events.queue, EventQueueConfig::Disk(_)));
         assert!(s.admin_token.is_none());
+        // No profile store unless one is configured (as the SDKs; README, Performance).
+        assert!(matches!(s.profiles.store, ProfileStoreConfig::None));
     }
 
     #[test]

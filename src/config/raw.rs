@@ -230,10 +230,16 @@ pub struct ProfilesSection {
     pub backend: Map<String, Value>,
 }
 
+/// `profiles.type` when unset.
+pub const DEFAULT_PROFILE_STORE: &str = "none";
+
 impl Default for ProfilesSection {
     fn default() -> Self {
         Self {
-            kind: "memory".into(),
+            // No store by default, as in the SDKs: measured, the in-process store cost far more
+            // than the 10 % budget against `none`, and its stickiness ends at a restart (see
+            // README, Performance).
+            kind: DEFAULT_PROFILE_STORE.into(),
             timeout: Duration::from_millis(50),
             save: "async".into(),
             cache_capacity: 0,

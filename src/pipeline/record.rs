@@ -4,11 +4,20 @@
 use crate::core::UserEvent;
 use backends::Record;
 
+/// Room reserved for an encoded event beyond its visitor id, uuid and attributes, so a typical
+/// impression is written into one allocation (`serde_json::to_vec` starts at 128 bytes and
+/// regrows by doubling).
+const ENCODED_FIXED: usize = 512;
+
 /// Encodes an event into the queue record the flusher reads back.
 pub fn encode(event: &UserEvent) -> Result<Record, serde_json::Error> {
+    let guess =
+        ENCODED_FIXED + event.visitor_id.len() + event.uuid.len() + event.attributes.len() * 64;
+    let mut value = Vec::with_capacity(guess);
+    serde_json::to_writer(&mut value, event)?;
     Ok(Record {
         key: event.visitor_id.clone(),
-        value: serde_json::to_vec(event)?,
+        value,
     })
 }
 

@@ -65,6 +65,9 @@ pub async fn spawn_app_with_file(
         "BUCKETD__EVENTS__ENDPOINT".into(),
         "http://127.0.0.1:9/v1/events".into(),
     );
+    // The daemon's default is no profile store; these tests exercise the sticky paths (lookup,
+    // save, /v1/lookup, /v1/save) on the in-process one unless they choose another.
+    env.insert("BUCKETD__PROFILES__TYPE".into(), "memory".into());
     for (k, v) in overrides {
         env.insert((*k).to_string(), v.clone());
     }
