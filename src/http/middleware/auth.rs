@@ -400,7 +400,8 @@ mod tests {
             .await
             .is_ok());
         assert!(matches!(
-            auth.authorize(&req("k2:datafile-token"), access, None).await,
+            auth.authorize(&req("k2:datafile-token"), access, None)
+                .await,
             Err(AuthError::Forbidden(_))
         ));
     }
