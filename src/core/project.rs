@@ -12,9 +12,9 @@ use super::audience::{Audience, AudienceRefs};
 use super::bucketing::Slice;
 use super::datafile::{self, DatafileError};
 use super::events::EventContext;
-use super::variables::VariableType;
+use super::variables::{typed_null, typed_value, VariableType};
 use rustc_hash::FxHashMap;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// Index of an experiment (or rollout rule) in [`ProjectConfig::experiments`].
@@ -130,6 +130,90 @@ pub struct FeatureFlag {
     pub variables: Vec<Variable>,
     /// Every variation of every rule of the flag, first occurrence of each id.
     pub variations: Vec<(ExperimentIdx, usize)>,
+    /// Its `variables` answers, rendered once per datafile (see `variables_for`).
+    pub answers: VariableAnswers,
+}
+
+/// A decision's typed variables by key, shared between the decisions that give the same answer.
+pub type VariableMap = Arc<Map<String, Value>>;
+
+/// A flag's `variables` answers, rendered when the datafile is built so a decision only clones a
+/// pointer: the defaults (a disabled variation), the typed nulls (an enabled variation whose id
+/// no rule defines) and, per variation id of the flag's own rules, the values of the rule
+/// variation with that id.
+#[derive(Debug, Clone, Default)]
+pub struct VariableAnswers {
+    disabled: VariableMap,
+    unset: VariableMap,
+    by_variation: FxHashMap<String, VariableMap>,
+}
+
+impl FeatureFlag {
+    /// The flag's typed variables for a decision served by `variation` (none or a disabled one:
+    /// the defaults; see `render_variables`). An enabled variation the build did not see among
+    /// the flag's rules (a holdout's) is rendered on the spot, by the same rule.
+    pub fn variables_for(
+        &self,
+        config: &ProjectConfig,
+        variation: Option<&Variation>,
+    ) -> VariableMap {
+        match variation {
+            Some(v) if v.feature_enabled => match self.answers.by_variation.get(&v.id) {
+                Some(answer) => Arc::clone(answer),
+                None => match config.variable_usage(&v.id) {
+                    Some(usage) => Arc::new(self.render_variables(true, Some(usage))),
+                    None => Arc::clone(&self.answers.unset),
+                },
+            },
+            _ => Arc::clone(&self.answers.disabled),
+        }
+    }
+
+    /// The typed variables as the SDK casts them: not enabled → each default; enabled → the
+    /// value `usage` (the rule variation with the served variation's id) sets, else the default;
+    /// enabled without such a variation → each type's cast of `None`.
+    pub(crate) fn render_variables(
+        &self,
+        enabled: bool,
+        usage: Option<&Variation>,
+    ) -> Map<String, Value> {
+        let mut variables = Map::new();
+        for var in &self.variables {
+            let value = match (enabled, usage) {
+                (false, _) => typed_value(&var.default_value, var.kind),
+                (true, Some(u)) => typed_value(
+                    u.variables.get(&var.id).unwrap_or(&var.default_value),
+                    var.kind,
+                ),
+                (true, None) => typed_null(var.kind),
+            };
+            variables.insert(var.key.clone(), value);
+        }
+        variables
+    }
+
+    /// Renders `answers` (the build's last step: it needs the variable index).
+    pub(crate) fn render_answers(
+        &mut self,
+        experiments: &[Experiment],
+        usage: &FxHashMap<String, (ExperimentIdx, usize)>,
+    ) {
+        let mut by_variation = FxHashMap::default();
+        for &(e, v) in &self.variations {
+            let id = &experiments[e].variations[v].id;
+            if let Some(&(ue, uv)) = usage.get(id) {
+                let u = &experiments[ue].variations[uv];
+                by_variation
+                    .entry(id.clone())
+                    .or_insert_with(|| Arc::new(self.render_variables(true, Some(u))));
+            }
+        }
+        self.answers = VariableAnswers {
+            disabled: Arc::new(self.render_variables(false, None)),
+            unset: Arc::new(self.render_variables(true, None)),
+            by_variation,
+        };
+    }
 }
 
 /// A rollout: delivery rules in order, the last is "Everyone Else".

@@ -13,7 +13,7 @@ use super::flag::FlagDecision;
 use super::{Decider, Pending, Prediction};
 use crate::core::bucketing::bucket_value;
 use crate::core::events::{EventKind, UserEvent};
-use crate::core::project::{ExperimentIdx, FeatureFlag};
+use crate::core::project::{ExperimentIdx, FeatureFlag, VariableMap};
 use crate::core::reasons::Reasons;
 use crate::core::user::Attributes;
 use serde_json::{Map, Value};
@@ -182,7 +182,7 @@ pub(super) fn error_decision(flag: &FeatureFlag, mut reasons: Reasons) -> FlagDe
         enabled: false,
         variation_key: None,
         rule_key: None,
-        variables: Map::new(),
+        variables: VariableMap::default(),
         reasons: reasons.take(),
     }
 }

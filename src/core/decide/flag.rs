@@ -14,11 +14,46 @@ use super::{Decider, Outcome};
 use crate::core::emit::{impression, Impression};
 use crate::core::events::{EventStamp, UserEvent};
 use crate::core::profile::UserProfile;
-use crate::core::project::{ExperimentIdx, FeatureFlag};
+use crate::core::project::{ExperimentIdx, FeatureFlag, VariableMap};
 use crate::core::reasons::Reasons;
-use crate::core::variables::{typed_null, typed_value};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+
+/// The flag keys one `decide` has answered: a key named twice is answered once, at its first
+/// position (the SDKs collect decisions in a map by key). A short list is scanned; a long one (a
+/// decide-all on a big datafile) is hashed, so the check stays constant per key.
+enum SeenKeys<'k> {
+    Few(Vec<&'k str>),
+    Many(FxHashSet<&'k str>),
+}
+
+impl<'k> SeenKeys<'k> {
+    /// Lists up to this many keys are scanned.
+    const SCAN_LIMIT: usize = 16;
+
+    fn with_capacity(keys: usize) -> Self {
+        if keys <= Self::SCAN_LIMIT {
+            Self::Few(Vec::with_capacity(keys))
+        } else {
+            Self::Many(FxHashSet::with_capacity_and_hasher(
+                keys,
+                Default::default(),
+            ))
+        }
+    }
+
+    /// Records `key`; false when it was already recorded.
+    fn insert(&mut self, key: &'k str) -> bool {
+        match self {
+            Self::Few(seen) if seen.contains(&key) => false,
+            Self::Few(seen) => {
+                seen.push(key);
+                true
+            }
+            Self::Many(seen) => seen.insert(key),
+        }
+    }
+}
 
 /// How reasons name a rollout rule: its 1-based position, or "Everyone Else" for the last.
 struct RuleLabel {
@@ -164,7 +199,7 @@ pub struct FlagDecision {
     pub enabled: bool,
     pub variation_key: Option<String>,
     pub rule_key: Option<String>,
-    pub variables: Map<String, Value>,
+    pub variables: VariableMap,
     pub reasons: Vec<String>,
 }
 
@@ -175,7 +210,7 @@ impl FlagDecision {
             enabled: false,
             variation_key: None,
             rule_key: None,
-            variables: Map::new(),
+            variables: VariableMap::default(),
             reasons: Vec::new(),
         }
     }
@@ -207,15 +242,14 @@ impl Decider<'_> {
                 &all
             }
         };
-        let mut seen: Vec<&str> = Vec::with_capacity(keys.len());
+        let mut seen = SeenKeys::with_capacity(keys.len());
         let mut out = Vec::with_capacity(keys.len());
         let mut events = Vec::new();
         let mut globals = GlobalHoldouts::default();
         for &key in keys {
-            if seen.contains(&key) {
+            if !seen.insert(key) {
                 continue;
             }
-            seen.push(key);
             let mut reasons = Reasons::new(self.reasons || options.include_reasons);
             let Some(flag_idx) = config.flag_by_key(key) else {
                 let mut d = FlagDecision::unknown(key);
@@ -407,23 +441,13 @@ impl Decider<'_> {
                 events.push(event);
             }
         }
-        let mut variables = Map::new();
-        if !options.exclude_variables {
-            // Values come from the variation with this id wherever the datafile defines one
-            // (a holdout's own are never indexed); none at all casts like the SDK casts `None`.
-            let usage = variation.and_then(|v| config.variable_usage(&v.id));
-            for var in &flag.variables {
-                let value = match (enabled, usage) {
-                    (false, _) => typed_value(&var.default_value, var.kind),
-                    (true, Some(u)) => typed_value(
-                        u.variables.get(&var.id).unwrap_or(&var.default_value),
-                        var.kind,
-                    ),
-                    (true, None) => typed_null(var.kind),
-                };
-                variables.insert(var.key.clone(), value);
-            }
-        }
+        // Values come from the variation with this id wherever the datafile defines one (a
+        // holdout's own are never indexed); none at all casts like the SDK casts `None`.
+        let variables = if options.exclude_variables {
+            VariableMap::default()
+        } else {
+            flag.variables_for(config, variation)
+        };
         FlagDecision {
             flag_key: flag.key.clone(),
             enabled,
@@ -438,6 +462,57 @@ impl Decider<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::project::ProjectConfig;
+    use crate::core::user::UserContext;
+    use serde_json::{json, Map, Value};
+
+    /// A project of `n` flags `f0`..`f{n-1}`, each with a rollout serving `on` to everyone.
+    fn flags(n: usize) -> ProjectConfig {
+        let rollouts: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"id": format!("r{i}"), "experiments": [{"id": format!("e{i}"),
+                    "key": format!("rule{i}"), "status": "Running", "layerId": format!("l{i}"),
+                    "audienceIds": [], "forcedVariations": {},
+                    "variations": [{"id": format!("v{i}"), "key": "on", "featureEnabled": true}],
+                    "trafficAllocation": [{"entityId": format!("v{i}"), "endOfRange": 10000}]}]})
+            })
+            .collect();
+        let flags: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"id": format!("f{i}"), "key": format!("f{i}"), "experimentIds": [],
+                            "rolloutId": format!("r{i}"), "variables": []})
+            })
+            .collect();
+        let df = json!({"version": "4", "accountId": "a", "projectId": "p", "revision": "1",
+            "experiments": [], "rollouts": rollouts, "featureFlags": flags});
+        ProjectConfig::parse(df.to_string().as_bytes()).unwrap()
+    }
+
+    /// The keys `decide` answers for `keys`, in order.
+    fn answered(config: &ProjectConfig, keys: &[&str]) -> Vec<String> {
+        let user = UserContext::new("u", Map::new());
+        Decider::new(config, &user)
+            .decide(Some(keys), DecideOptions::default(), None, &mut || {
+                (String::new(), 0)
+            })
+            .decision
+            .into_iter()
+            .map(|d| d.flag_key)
+            .collect()
+    }
+
+    #[test]
+    fn a_key_named_twice_is_answered_once_at_its_first_position() {
+        let config = flags(40);
+        // Short lists are scanned, long ones hashed: both keep first positions, unknown keys too.
+        let few = ["f3", "nope", "f1", "f3", "nope"];
+        assert_eq!(answered(&config, &few), ["f3", "nope", "f1"]);
+        let names: Vec<String> = (0..40).rev().map(|i| format!("f{i}")).collect();
+        let mut many: Vec<&str> = names.iter().map(String::as_str).collect();
+        many.extend(["f39", "nope", "f0", "nope", "f7"]);
+        let expected: Vec<&str> = names.iter().map(String::as_str).chain(["nope"]).collect();
+        assert_eq!(answered(&config, &many), expected);
+    }
 
     #[test]
     fn options_parse_and_reject_unknown() {

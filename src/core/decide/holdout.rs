@@ -455,7 +455,7 @@ mod tests {
         assert!(!d.enabled);
         assert_eq!(d.variation_key.as_deref(), Some("h_off"));
         assert_eq!(
-            d.variables,
+            *d.variables,
             *json!({"x": "def", "b": true}).as_object().unwrap()
         );
         let EventKind::Impression(i) = &outcome.events[0].event else {
@@ -486,7 +486,7 @@ mod tests {
         let d = &decide_with(&cfg, &user(), None).decision[0];
         assert!(d.enabled);
         assert_eq!(
-            d.variables,
+            *d.variables,
             *json!({"x": null, "b": false}).as_object().unwrap()
         );
         // The rollout rule's variation has id 103: with that id, its values (and defaults).
@@ -495,7 +495,7 @@ mod tests {
         let cfg = config(&df);
         let d = &decide_with(&cfg, &user(), None).decision[0];
         assert_eq!(
-            d.variables,
+            *d.variables,
             *json!({"x": "ro", "b": true}).as_object().unwrap()
         );
     }

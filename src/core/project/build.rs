@@ -1,13 +1,13 @@
 //! Compiling a raw datafile into a [`ProjectConfig`], one step per datafile section: audiences,
 //! experiments and groups, rollouts, flags (with the feature-rollout injection), variable usage,
-//! holdouts (running ones only, local ones attached to the rules they name), attributes and
-//! events, then the project settings. Each step reads the raw datafile and what
+//! holdouts (running ones only, local ones attached to the rules they name), each flag's
+//! rendered variable answers, attributes and events, then the project settings. Each step reads the raw datafile and what
 //! the earlier steps resolved; where ids or keys repeat, the later entry wins but keeps the first
 //! position, as in the official SDKs.
 
 use super::{
     Attribute, Event, Experiment, ExperimentIdx, FeatureFlag, Group, Holdout, HoldoutIdx,
-    ProjectConfig, Rollout, Variable, Variation,
+    ProjectConfig, Rollout, Variable, VariableAnswers, Variation,
 };
 use crate::core::audience::{Audience, AudienceRefs, Tree};
 use crate::core::bucketing::Slice;
@@ -72,10 +72,13 @@ pub(super) fn build(raw: RawDatafile, text: String) -> Result<ProjectConfig, Dat
         .map(|(i, e)| (e.key.clone(), i))
         .collect();
     let rollouts = rollouts(&raw, &mut experiments, &experiment_by_id);
-    let flags = flags(&raw, &mut experiments, &experiment_by_id, &rollouts)?;
+    let mut flags = flags(&raw, &mut experiments, &experiment_by_id, &rollouts)?;
     let variable_usage = variable_usage(&experiments);
     let (holdouts, global_holdouts) =
         holdouts(&raw, &audiences, &mut experiments, &experiment_by_id);
+    for flag in &mut flags.items {
+        flag.render_answers(&experiments, &variable_usage);
+    }
     let attributes = attributes(&raw);
     let events = events(&raw);
 
@@ -267,6 +270,7 @@ fn flags(
                 rollout_id: f.rollout_id.clone(),
                 variables: flag_variables(f),
                 variations,
+                answers: VariableAnswers::default(),
             },
         );
     }

@@ -11,6 +11,7 @@
 //!   their experiment and variation only when a feature test (not a rollout) served them.
 
 use super::{answer, body, pin, rule_source, RuleSource, UserBody};
+use crate::core::project::VariableMap;
 use crate::core::ProjectConfig;
 use crate::http::error::ApiError;
 use crate::http::params::Query;
@@ -20,7 +21,7 @@ use crate::service::{ActivateRequest, ActivateScope, Activated};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 /// An Agent `Decision`.
 #[derive(Debug, Serialize)]
@@ -33,7 +34,7 @@ struct Entry {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Map::is_empty")]
-    variables: Map<String, Value>,
+    variables: VariableMap,
     enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -51,7 +52,7 @@ impl Entry {
             feature_key,
             variation_key: String::new(),
             kind: "",
-            variables: Map::new(),
+            variables: VariableMap::default(),
             enabled: false,
             error: Some(error.into()),
         }
@@ -67,7 +68,7 @@ impl Entry {
                 enabled: a.variation_key.is_some(),
                 variation_key: a.variation_key.unwrap_or_default(),
                 kind: "experiment",
-                variables: Map::new(),
+                variables: VariableMap::default(),
                 error: None,
             },
             Activated::Experiment {

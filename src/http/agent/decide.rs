@@ -3,6 +3,7 @@
 //! `isEveryoneElseVariation` on every decision.
 
 use super::{answer, body, pin, rule_source, RuleSource, UserBody, UserContextOut};
+use crate::core::project::VariableMap;
 use crate::core::{DecideOptions, FlagDecision, ProjectConfig, UserContext};
 use crate::http::error::ApiError;
 use crate::http::params::Query;
@@ -11,7 +12,7 @@ use crate::http::HttpState;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 /// An Agent `DecideOut`.
 #[derive(Debug, Serialize)]
@@ -24,7 +25,7 @@ struct Decision<'a> {
     user_context: UserContextOut<'a>,
     reasons: Vec<String>,
     #[serde(skip_serializing_if = "Map::is_empty")]
-    variables: Map<String, Value>,
+    variables: VariableMap,
     is_everyone_else_variation: bool,
 }
 
