@@ -8,19 +8,59 @@
 
 use std::cmp::Ordering;
 
-fn is_pre_release(v: &str) -> bool {
-    match (v.find('-'), v.find('+')) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(dash), Some(plus)) => dash < plus,
-    }
+/// Where a version's first `-` and first `+` are and whether it has a space, found in one pass
+/// over its bytes (all three are ASCII, so the positions are char boundaries).
+struct Shape {
+    dash: Option<usize>,
+    plus: Option<usize>,
+    space: bool,
 }
 
-fn is_build(v: &str) -> bool {
-    match (v.find('+'), v.find('-')) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(plus), Some(dash)) => plus < dash,
+impl Shape {
+    fn of(version: &str) -> Self {
+        let mut shape = Self {
+            dash: None,
+            plus: None,
+            space: false,
+        };
+        for (i, b) in version.bytes().enumerate() {
+            match b {
+                b' ' => shape.space = true,
+                b'-' if shape.dash.is_none() => shape.dash = Some(i),
+                b'+' if shape.plus.is_none() => shape.plus = Some(i),
+                _ => {}
+            }
+        }
+        shape
+    }
+
+    /// A `-` before any `+`.
+    fn is_pre_release(&self) -> bool {
+        match (self.dash, self.plus) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(dash), Some(plus)) => dash < plus,
+        }
+    }
+
+    /// A `+` before any `-`.
+    fn is_build(&self) -> bool {
+        match (self.plus, self.dash) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(plus), Some(dash)) => plus < dash,
+        }
+    }
+
+    /// Where the release parts end and the pre-release/build part starts (after this byte).
+    fn cut(&self) -> Option<usize> {
+        if self.is_pre_release() {
+            self.dash
+        } else if self.is_build() {
+            self.plus
+        } else {
+            None
+        }
     }
 }
 
@@ -42,36 +82,39 @@ impl<'a> Parts<'a> {
     fn iter(&self) -> impl Iterator<Item = &&'a str> {
         self.items[..self.len].iter()
     }
+
+    /// Adds a release part: `None` past three parts or for a part that is not all digits.
+    fn release(&mut self, part: &'a str) -> Option<()> {
+        if self.len == 3 || !is_digits(part) {
+            return None;
+        }
+        self.items[self.len] = part;
+        self.len += 1;
+        Some(())
+    }
 }
 
 /// Splits a version into its release parts plus, when present, one pre-release/build part.
-fn split(version: &str) -> Option<Parts<'_>> {
-    if version.contains(' ') {
+fn split<'a>(version: &'a str, shape: &Shape) -> Option<Parts<'a>> {
+    if shape.space {
         return None;
     }
-    let (prefix, suffix) = if is_pre_release(version) {
-        let (p, s) = version.split_once('-')?;
-        (p, Some(s))
-    } else if is_build(version) {
-        let (p, s) = version.split_once('+')?;
-        (p, Some(s))
-    } else {
-        (version, None)
+    let (prefix, suffix) = match shape.cut() {
+        Some(at) => (&version[..at], Some(&version[at + 1..])),
+        None => (version, None),
     };
-    if prefix.matches('.').count() > 2 {
-        return None;
-    }
     let mut parts = Parts {
         items: [""; 4],
         len: 0,
     };
-    for p in prefix.split('.') {
-        if !is_digits(p) {
-            return None;
+    let mut start = 0;
+    for (i, b) in prefix.bytes().enumerate() {
+        if b == b'.' {
+            parts.release(&prefix[start..i])?;
+            start = i + 1;
         }
-        parts.items[parts.len] = p;
-        parts.len += 1;
     }
+    parts.release(&prefix[start..])?;
     if let Some(s) = suffix {
         parts.items[parts.len] = s;
         parts.len += 1;
@@ -89,11 +132,12 @@ fn cmp_digits(a: &str, b: &str) -> Ordering {
 /// Compares `user` against `target`: `Some(1)` user is greater, `Some(0)` equal, `Some(-1)` less;
 /// `None` when either version is invalid.
 pub fn compare(target: &str, user: &str) -> Option<i8> {
-    let target_pre = is_pre_release(target);
-    let user_pre = is_pre_release(user);
-    let target_build = is_build(target);
-    let target_parts = split(target)?;
-    let user_parts = split(user)?;
+    let (target_shape, user_shape) = (Shape::of(target), Shape::of(user));
+    let target_pre = target_shape.is_pre_release();
+    let user_pre = user_shape.is_pre_release();
+    let target_build = target_shape.is_build();
+    let target_parts = split(target, &target_shape)?;
+    let user_parts = split(user, &user_shape)?;
     for (idx, target_part) in target_parts.iter().enumerate() {
         let Some(user_part) = user_parts.get(idx) else {
             return Some(if target_pre || target_build { 1 } else { -1 });
