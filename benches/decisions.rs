@@ -14,6 +14,10 @@ use bucketd::core::{DecideOptions, Decider, ProjectConfig, UserContext};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
+/// The daemon's allocator (`src/main.rs`), so allocations cost here what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture() -> (ProjectConfig, Vec<UserContext>) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/fixtures");
     let datafile = std::fs::read(format!("{dir}/realistic.json")).expect("fixture datafile");
