@@ -192,7 +192,7 @@ impl FeatureFlag {
         variables
     }
 
-    /// Renders `answers` (the build's last step: it needs the variable index).
+    /// Renders `answers` (a build step after the variable index, which it reads).
     pub(crate) fn render_answers(
         &mut self,
         experiments: &[Experiment],
