@@ -551,12 +551,12 @@ async fn odp_events_are_validated_with_the_agents_statuses() {
         ("not json", 400, "error parsing request body"),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": {"y": 1}}}"#,
-            400,
+            500,
             "ODP data is not valid",
         ),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
-            400,
+            500,
             "ODP data is not valid",
         ),
     ];

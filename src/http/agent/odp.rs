@@ -3,10 +3,10 @@
 //! `fetchSegmentsOptions` (the user's qualified segments, fetched before deciding).
 //!
 //! Statuses and wording are the Agent's: a body that does not parse is 400 `error parsing
-//! request body`, a missing action or identifiers 400, ODP not enabled / not integrated 500
-//! (the Agent's acceptance suite asserts these), a failed segment fetch 500 `failed to fetch
-//! qualified segments`. Differs: data not valid is 400 (the Agent: 500), the request's own
-//! fault; a full event queue is bucketd's own 503.
+//! request body`, a missing action or identifiers 400, data not valid (a nested value) and ODP
+//! not enabled / not integrated 500 (the Agent's acceptance suite asserts these), a failed
+//! segment fetch 500 `failed to fetch qualified segments`. A full event queue is bucketd's own
+//! 503.
 
 use crate::core::UserContext;
 use crate::http::error::ApiError;
@@ -44,7 +44,6 @@ async fn send(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiErro
         Err(e @ (OdpError::MissingAction | OdpError::MissingIdentifiers)) => {
             Err(ApiError::BadRequest(e.to_string()))
         }
-        Err(e @ OdpError::InvalidData) => Err(ApiError::BadRequest(e.to_string())),
         Err(e @ OdpError::QueueFull) => Err(ApiError::Unavailable(e.to_string())),
         Err(e) => Ok(answer(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     }
