@@ -661,7 +661,7 @@ async fn odp_batch_and_reset_bodies_end_in_a_newline() {
         (r#"{"action": "", "identifiers": {"user_id": "u"}}"#, 400),
         (
             r#"{"action": "a", "identifiers": {"user_id": "u"}, "data": {"x": []}}"#,
-            400,
+            500,
         ),
     ] {
         let (got, text) = send_odp(&app, body).await;
